@@ -1,0 +1,76 @@
+# The targets are the commands the README documents. The virtual environment and node_modules
+# are created once and reinstalled only when their requirement files change.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+SYSTEM_STAMP := .localcloud/.system-packages
+REQUIREMENTS := $(wildcard requirements/*.txt)
+# Debian packages the suite uses: shellcheck lints the instance user-data, chromium drives the
+# page test. Installed only when missing.
+DEBIAN_PACKAGES := shellcheck chromium
+export TF_CPP_MIN_LOG_LEVEL := 3
+export TF_USE_LEGACY_KERAS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help install test test-fast lint demo local bench models lock clean
+
+help:
+	@echo "make demo   - run the whole retraining loop on the local cloud, then stop"
+	@echo "make test   - install what the tests need and run them"
+	@echo "make local  - keep the local cloud running in the foreground (Ctrl-C stops it)"
+	@echo "make bench  - the prediction benchmark (figures, not assertions)"
+	@echo "make lint   - ruff and mypy"
+
+$(STAMP): $(REQUIREMENTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt -c requirements/lock.txt
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(SYSTEM_STAMP):
+	@mkdir -p $(dir $@)
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+install: $(STAMP) $(NODE_STAMP) $(SYSTEM_STAMP)
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not e2e"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+demo: install
+	$(PY) -m scripts.demo
+
+local: install
+	$(PY) -m scripts.localcloud
+
+bench: install
+	$(PY) -m scripts.bench_infer
+
+models: $(STAMP)
+	$(PY) -m scripts.models
+
+lock:
+	$(PY) -m pip freeze --exclude-editable > requirements/lock.txt
+
+clean:
+	rm -rf .localcloud .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Plain, typed functions shared by the Lambda handlers, the trainer and the local cloud."""

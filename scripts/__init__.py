@@ -1,0 +1,1 @@
+"""Command-line tools: the local cloud, the demo, benchmarks, image and deploy helpers."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: fake credentials, no real AWS profile, moto resources from serverless.yml."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from lambdas.core import aws
+from scripts.localcloud import infra
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test runs with fake credentials and no way to reach a real account."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    # moto: the DynamoDB Streams client under mock_aws needs this (see DESIGN.md).
+    monkeypatch.setenv("AWS_ACCOUNT_ID_ENDPOINT_MODE", "disabled")
+    aws.reset()
+    yield
+    aws.reset()
+
+
+@pytest.fixture
+def moto_aws() -> Iterator[None]:
+    from moto import mock_aws
+
+    with mock_aws():
+        aws.reset()
+        yield
+    aws.reset()
+
+
+@pytest.fixture
+def stack(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> infra.Stack:
+    """The resources of infra/serverless.yml created in moto, and their names in the environment."""
+    created = infra.create_resources(infra.load(stage="test", region=REGION), boto3.Session())
+    provider_env = created.config["provider"]["environment"]
+    for key, value in provider_env.items():
+        monkeypatch.setenv(key, str(created.resolve_intrinsics(value)))
+    return created
+
+
+@pytest.fixture
+def dynamodb(stack: infra.Stack):
+    return boto3.client("dynamodb", region_name=REGION)
+
+
+@pytest.fixture
+def s3(stack: infra.Stack):
+    return boto3.client("s3", region_name=REGION)
