@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVERLESS_YML = ROOT / "infra" / "serverless.yml"
 LOCAL_ACCOUNT = "123456789012"
 
-_VARIABLE = re.compile(r"\$\{([^${}]+)\}")
+# Serverless variables; ${AWS::...} and ${Logical.Attr} belong to CloudFormation's Fn::Sub.
+_VARIABLE = re.compile(r"\$\{(?!AWS::)([^${}]+:[^${}]*)\}")
+_SUB = re.compile(r"\$\{([A-Za-z0-9:.]+)\}")
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -129,10 +131,17 @@ class Stack:
             if key in self.arns:
                 return self.arns[key]
             raise KeyError(f"cannot resolve Fn::GetAtt {key!r} locally")
+        if set(value) == {"Fn::Sub"}:
+            return _SUB.sub(lambda m: str(self._sub_name(m.group(1))), value["Fn::Sub"])
         if set(value) == {"Fn::Join"}:
             sep, parts = value["Fn::Join"]
             return sep.join(str(self.resolve_intrinsics(p)) for p in parts)
         return {k: self.resolve_intrinsics(v) for k, v in value.items()}
+
+    def _sub_name(self, name: str) -> Any:
+        if "." in name:
+            return self.resolve_intrinsics({"Fn::GetAtt": name.split(".", 1)})
+        return self.resolve_intrinsics({"Ref": name})
 
     def function_environment(self, name: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
         """A function's environment as strings; values the local cloud cannot resolve are
@@ -252,7 +261,7 @@ def create_resources(stack: Stack, session: Any) -> Stack:
     s3 = session.client("s3", region_name=stack.region)
     for logical, spec in stack.resources_of_type("AWS::S3::Bucket").items():
         props = spec["Properties"]
-        name = props["BucketName"]
+        name = stack.resolve_intrinsics(props["BucketName"])
         try:
             if stack.region == "us-east-1":
                 s3.create_bucket(Bucket=name)

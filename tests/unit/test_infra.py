@@ -10,7 +10,7 @@ from scripts.localcloud import infra
 def test_infra_resolves_names_per_stage() -> None:
     stack = infra.load(stage="qa", region="eu-west-1", account="111122223333")
     assert stack.custom["dataTable"] == "autoretrain-qa-samples"
-    assert stack.custom["modelBucket"] == "autoretrain-qa-models-111122223333"
+    assert stack.resolve_intrinsics(stack.custom["modelBucket"]) == "autoretrain-qa-models-111122223333"
     assert stack.config["provider"]["environment"]["DATA_TABLE"] == "autoretrain-qa-samples"
 
 
@@ -25,6 +25,12 @@ def test_infra_creates_every_declared_table_with_its_stream(dynamodb, stack: inf
     for logical in declared:
         table = dynamodb.describe_table(TableName=stack.physical[logical])["Table"]
         assert table["StreamSpecification"]["StreamEnabled"] is True
+
+
+def test_infra_leaves_cloudformation_substitutions_to_cloudformation() -> None:
+    stack = infra.load(stage="qa", account="111122223333")
+    bucket = stack.config["provider"]["environment"]["MODEL_BUCKET"]
+    assert bucket == {"Fn::Sub": "autoretrain-qa-models-${AWS::AccountId}"}
 
 
 def test_infra_rejects_an_unsupported_variable(tmp_path) -> None:
