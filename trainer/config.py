@@ -1,0 +1,106 @@
+"""The trainer's settings, read from the environment once and checked up front.
+
+The container, the local cloud and a laptop all configure the trainer the same way; every
+variable is listed (with its default) in trainer/README.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lambdas.core import settings
+from lambdas.core.errors import ConfigError
+from lambdas.core.registry import is_version
+
+ACTIVATIONS = ("relu", "tanh", "elu", "selu", "sigmoid")
+
+
+@dataclass(frozen=True)
+class HyperParameters:
+    epochs: int = 80
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    hidden_units: tuple[int, ...] = (32, 16)
+    activation: str = "relu"
+    patience: int = 10
+    validation_fraction: float = 0.15
+    seed: int = 42
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hidden_units"] = list(self.hidden_units)
+        return data
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_table: str
+    model_table: str
+    model_bucket: str
+    model_prefix: str = "models/"
+    run_version: str | None = None
+    hyper: HyperParameters = HyperParameters()
+    min_samples: int = 200
+    holdout_percent: int = 10
+    gate_tolerance: float = 0.01
+    gate_min_accuracy: float = 0.6
+    scan_segments: int = 4
+    imds_endpoint: str = "http://169.254.169.254"
+    imds_timeout: float = 1.0
+    spot_poll_seconds: float = 5.0
+    code_version: str = "unknown"
+
+    @classmethod
+    def from_env(cls, env: settings.Env | None = None) -> Settings:
+        env = settings.environ() if env is None else env
+        prefix = settings.optional(env, "MODEL_PREFIX", "models/")
+        run_version = settings.optional(env, "RUN_VERSION", "") or None
+        if run_version is not None and not is_version(run_version):
+            raise ConfigError(f"environment variable RUN_VERSION is not a model version: {run_version!r}")
+        activation = settings.optional(env, "ACTIVATION", "relu")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"environment variable ACTIVATION must be one of {', '.join(ACTIVATIONS)}")
+        validation_fraction = settings.number(env, "VALIDATION_FRACTION", 0.15, minimum=0.05)
+        if validation_fraction > 0.5:
+            raise ConfigError("environment variable VALIDATION_FRACTION must be <= 0.5")
+        holdout_percent = settings.integer(env, "HOLDOUT_PERCENT", 10, minimum=1)
+        if holdout_percent > 50:
+            raise ConfigError("environment variable HOLDOUT_PERCENT must be <= 50")
+        return cls(
+            data_table=settings.required(env, "DATA_TABLE"),
+            model_table=settings.required(env, "MODEL_TABLE"),
+            model_bucket=settings.required(env, "MODEL_BUCKET"),
+            model_prefix=prefix if prefix.endswith("/") else prefix + "/",
+            run_version=run_version,
+            hyper=HyperParameters(
+                epochs=settings.integer(env, "EPOCHS", 80, minimum=1),
+                batch_size=settings.integer(env, "BATCH_SIZE", 32, minimum=1),
+                learning_rate=settings.number(env, "LEARNING_RATE", 0.01, minimum=1e-6),
+                hidden_units=_units(settings.optional(env, "HIDDEN_UNITS", "32,16")),
+                activation=activation,
+                patience=settings.integer(env, "PATIENCE", 10, minimum=1),
+                validation_fraction=validation_fraction,
+                seed=settings.integer(env, "SEED", 42, minimum=0),
+            ),
+            min_samples=settings.integer(env, "MIN_SAMPLES", 200, minimum=20),
+            holdout_percent=holdout_percent,
+            gate_tolerance=settings.number(env, "GATE_TOLERANCE", 0.01, minimum=0.0),
+            gate_min_accuracy=settings.number(env, "GATE_MIN_ACCURACY", 0.6, minimum=0.0),
+            scan_segments=settings.integer(env, "SCAN_SEGMENTS", 4, minimum=1),
+            imds_endpoint=settings.optional(env, "IMDS_ENDPOINT", "http://169.254.169.254").rstrip("/"),
+            imds_timeout=settings.number(env, "IMDS_TIMEOUT", 1.0, minimum=0.05),
+            spot_poll_seconds=settings.number(env, "SPOT_POLL_SECONDS", 5.0, minimum=0.05),
+            code_version=settings.optional(env, "CODE_VERSION", "unknown"),
+        )
+
+
+def _units(raw: str) -> tuple[int, ...]:
+    try:
+        units = tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError as err:
+        message = f"environment variable HIDDEN_UNITS must be integers like '32,16', got {raw!r}"
+        raise ConfigError(message) from err
+    if not units or any(u < 1 for u in units):
+        raise ConfigError(f"environment variable HIDDEN_UNITS must be positive integers, got {raw!r}")
+    return units

@@ -1,0 +1,254 @@
+"""One training run, from the data table to a gated model: the trainer's whole job.
+
+Exit codes (also in trainer/README.md):
+
+- 0: a model was trained and recorded: ``published`` (latest moved) or ``rejected`` (gate);
+- 1: the run failed (an error, recorded on the run as ``failed`` when the table is reachable),
+  or the configuration is invalid;
+- 2: not enough data (fewer than MIN_SAMPLES usable samples); nothing was published;
+- 3: a spot interruption notice arrived; the run is ``interrupted``, nothing was published.
+
+Whatever happens short of the process being killed, a run item this trainer works on ends in a
+final status: the train trigger watches for that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lambdas.core import aws, log
+from lambdas.core.errors import AutoretrainError, Conflict, NotFound
+from lambdas.core.registry import (
+    FAILED,
+    INTERRUPTED,
+    PUBLISHED,
+    REJECTED,
+    Registry,
+    new_version,
+)
+from trainer import data, export, gate
+from trainer.config import Settings
+from trainer.imds import Imds, SpotWatcher
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NOT_ENOUGH_DATA = 2
+EXIT_INTERRUPTED = 3
+
+NOT_ENOUGH_DATA = "not enough data"
+
+
+class Interrupted(Exception):
+    """A spot interruption notice arrived: stop, publish nothing."""
+
+
+@dataclass
+class Outcome:
+    version: str
+    status: str  # a final run status, or "skipped" when no run item was ever written
+    exit_code: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run(settings: Settings, *, ddb: Any = None, s3: Any = None, imds: Imds | None = None) -> Outcome:
+    """Train, export, gate and record one run. Never raises for a failure of the run itself."""
+    ddb = ddb or aws.dynamodb()
+    s3 = s3 or aws.s3()
+    imds = imds or Imds(settings.imds_endpoint, settings.imds_timeout)
+    registry = Registry(settings.model_table, ddb)
+    started = time.time()
+    version = settings.run_version or new_version(started)
+    own_run = settings.run_version is None
+    instance_id = imds.instance_id()
+    record: dict[str, Any] = {
+        "instance_id": instance_id,
+        "code_version": settings.code_version,
+        "hyperparameters": settings.hyper.to_dict(),
+    }
+    log.log("run_start", version=version, instance_id=instance_id, own_run=own_run)
+
+    status, exit_code = FAILED, EXIT_FAILED
+    run_recorded = False
+    try:
+        samples = data.load(settings.data_table, ddb, settings.scan_segments)
+        record.update(sample_count=len(samples), skipped_count=samples.skipped, watermark=samples.watermark)
+        if len(samples) < settings.min_samples:
+            reason = f"{NOT_ENOUGH_DATA}: {len(samples)} usable samples < MIN_SAMPLES {settings.min_samples}"
+            status, exit_code = FAILED, EXIT_NOT_ENOUGH_DATA
+            record["error"] = reason
+            if own_run:
+                # Nothing to record for a run nobody asked for: a laptop run leaves no trace.
+                return _finish(version, "skipped", exit_code, record, started)
+        else:
+            run_recorded = _ensure_run(registry, version, record)
+            status, exit_code = _train_and_publish(
+                settings, version, samples, record, registry, s3, imds, started
+            )
+    except Interrupted:
+        status, exit_code = INTERRUPTED, EXIT_INTERRUPTED
+        record["error"] = "spot interruption notice"
+    except Exception as err:  # noqa: BLE001 - any failure must end as a recorded "failed" run
+        status, exit_code = FAILED, EXIT_FAILED
+        record["error"] = f"{type(err).__name__}: {err}"
+        log.error("run_failed", version=version, error=record["error"])
+    finally:
+        if status in (FAILED, INTERRUPTED) and (run_recorded or not own_run):
+            _record_final(registry, version, status, record, started, create=not run_recorded)
+    return _finish(version, status, exit_code, record, started)
+
+
+def _ensure_run(registry: Registry, version: str, record: dict[str, Any]) -> bool:
+    """Create the run item unless the train trigger already did; either way it is ours now."""
+    try:
+        registry.get_run(version)
+    except NotFound:
+        with contextlib.suppress(Conflict):  # created meanwhile by the trigger
+            registry.create_run(version, **record)
+    registry.update_run(version, **record)
+    return True
+
+
+def _train_and_publish(
+    settings: Settings,
+    version: str,
+    samples: data.Samples,
+    record: dict[str, Any],
+    registry: Registry,
+    s3: Any,
+    imds: Imds,
+    started: float,
+) -> tuple[str, int]:
+    from trainer import model as net  # TensorFlow loads here, after the cheap checks
+
+    hyper = settings.hyper
+    parts = data.split(
+        samples,
+        holdout_percent=settings.holdout_percent,
+        validation_fraction=hyper.validation_fraction,
+        seed=hyper.seed,
+    )
+    record.update(
+        train_count=len(parts.train), validation_count=len(parts.validation), holdout_count=len(parts.holdout)
+    )
+    watcher = SpotWatcher(imds, settings.spot_poll_seconds)
+    if imds.token() is None:
+        log.log("imds_unreachable", endpoint=imds.endpoint, spot_polling=False)
+        trained, epochs = net.train(parts.train, parts.validation, hyper)
+    else:
+        stop = net.StopWhen(lambda: watcher.noticed)
+        with watcher:
+            trained, epochs = net.train(parts.train, parts.validation, hyper, callbacks=[stop])
+            if watcher.noticed:
+                raise Interrupted
+    record["epochs_run"] = epochs
+    candidate = net.fold_normalization(trained)
+
+    holdout_probabilities = net.predict(candidate, parts.holdout.x)
+    record["metrics"] = {
+        "train": net.metrics(net.predict(candidate, parts.train.x), parts.train.y),
+        "validation": net.metrics(net.predict(candidate, parts.validation.x), parts.validation.y),
+        "holdout": net.metrics(holdout_probabilities, parts.holdout.y, per_class=True),
+    }
+    log.log("evaluated", version=version, **{k: v.get("accuracy") for k, v in record["metrics"].items()})
+
+    baseline_version = registry.latest_version()
+    baseline_accuracy = None
+    if baseline_version is not None and len(parts.holdout):
+        baseline = export.load_published(s3, settings.model_bucket, settings.model_prefix, baseline_version)
+        baseline_accuracy = net.metrics(net.predict(baseline, parts.holdout.x), parts.holdout.y)["accuracy"]
+    decision = gate.decide(
+        record["metrics"]["holdout"]["accuracy"],
+        baseline_version=baseline_version,
+        baseline_accuracy=baseline_accuracy,
+        tolerance=settings.gate_tolerance,
+        min_accuracy=settings.gate_min_accuracy,
+    )
+
+    if watcher.noticed:
+        raise Interrupted
+    with tempfile.TemporaryDirectory(prefix="tfjs-") as tmp:
+        files = export.save_tfjs(candidate, Path(tmp) / version, version)
+        meta = export.metadata(
+            version,
+            metrics=record["metrics"],
+            watermark=record.get("watermark"),
+            sample_count=record.get("sample_count"),
+            holdout_count=record.get("holdout_count"),
+            holdout_percent=settings.holdout_percent,
+            hyperparameters=hyper.to_dict(),
+            code_version=settings.code_version,
+            gate=decision.to_dict(),
+        )
+        record["files"] = export.publish(
+            s3, settings.model_bucket, settings.model_prefix, version, files, meta
+        )
+
+    gate_record = decision.to_dict()
+    status = REJECTED
+    if decision.promote:
+        try:
+            registry.set_latest(version, expected=baseline_version, reason=decision.reason, actor="gate")
+            status = PUBLISHED
+        except Conflict as err:
+            gate_record.update(decision=gate.REJECT, reason=f"latest moved during the run: {err.message}")
+    record["gate"] = gate_record
+    record["promoted"] = status == PUBLISHED
+    _record_final(registry, version, status, record, started)
+    log.log("gate", version=version, **gate_record)
+    return status, EXIT_OK
+
+
+def _record_final(
+    registry: Registry,
+    version: str,
+    status: str,
+    record: dict[str, Any],
+    started: float,
+    *,
+    create: bool = False,
+) -> None:
+    ended = time.time()
+    fields = {**record, "status": status, "ended_at": _iso(ended), "duration_s": round(ended - started, 3)}
+    try:
+        if create:
+            try:
+                registry.get_run(version)
+            except NotFound:
+                registry.create_run(version, **{k: v for k, v in fields.items() if k != "status"})
+        registry.update_run(version, **fields)
+    except (AutoretrainError, OSError) as err:
+        log.error("run_record_failed", version=version, status=status, error=str(err))
+    except Exception as err:  # noqa: BLE001 - the table may be unreachable: log, keep the exit code
+        log.error("run_record_failed", version=version, status=status, error=f"{type(err).__name__}: {err}")
+
+
+def _finish(version: str, status: str, exit_code: int, record: dict[str, Any], started: float) -> Outcome:
+    summary = {
+        "version": version,
+        "status": status,
+        "exit_code": exit_code,
+        "duration_s": round(time.time() - started, 3),
+        **record,
+    }
+    log.log("run_summary", **summary)
+    return Outcome(version, status, exit_code, summary)
+
+
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except AutoretrainError as err:
+        log.error("run_summary", status="config_error", exit_code=EXIT_FAILED, error=err.message)
+        return EXIT_FAILED
+    return run(settings).exit_code
