@@ -1,0 +1,187 @@
+"""Start a training instance and its idle backstop alarm; clean both up.
+
+The instance is a one-time spot instance (on-demand when spot capacity is unavailable, if
+allowed) that terminates itself when its user-data powers off. The CloudWatch alarm
+terminates it if it sits idle anyway (a hung trainer): CPUUtilization below a threshold for N
+periods. Detailed monitoring gives 1-minute datapoints, so a 60 s period is meaningful; a
+booting instance has no datapoints yet and must not count as idle (missing = not breaching).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from lambdas.core import aws, log, settings
+from lambdas.core.errors import Unavailable
+
+SERVICE = "autoretrain"
+
+# Errors that mean "no spot capacity for this request", worth retrying on-demand.
+SPOT_CAPACITY_ERRORS = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientCapacity",
+        "SpotMaxPriceTooLow",
+        "MaxSpotInstanceCountExceeded",
+    }
+)
+SPOT = "spot"
+ON_DEMAND = "on-demand"
+GONE = frozenset({"shutting-down", "terminated"})
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    region: str
+    stage: str
+    ami_id: str
+    instance_type: str
+    instance_profile_arn: str
+    subnet_id: str | None
+    security_group_id: str | None
+    spot_fallback_on_demand: bool
+    alarm_period_s: int
+    alarm_evaluation_periods: int
+    alarm_cpu_threshold: float
+
+    @classmethod
+    def from_env(cls, env: settings.Env | None = None) -> LaunchSettings:
+        env = settings.environ() if env is None else env
+        region = settings.optional(env, "AWS_REGION", settings.optional(env, "AWS_DEFAULT_REGION", ""))
+        if not region:
+            region = settings.required(env, "AWS_REGION")
+        return cls(
+            region=region,
+            stage=settings.required(env, "STAGE"),
+            ami_id=settings.required(env, "AMI_ID"),
+            instance_type=settings.required(env, "INSTANCE_TYPE"),
+            instance_profile_arn=settings.required(env, "INSTANCE_PROFILE_ARN"),
+            subnet_id=settings.optional(env, "SUBNET_ID", "") or None,
+            security_group_id=settings.optional(env, "SECURITY_GROUP_ID", "") or None,
+            spot_fallback_on_demand=settings.boolean(env, "SPOT_FALLBACK_ON_DEMAND", True),
+            alarm_period_s=settings.integer(env, "ALARM_PERIOD_S", 60, minimum=1),
+            alarm_evaluation_periods=settings.integer(env, "ALARM_EVALUATION_PERIODS", 2, minimum=1),
+            alarm_cpu_threshold=settings.number(env, "ALARM_CPU_THRESHOLD", 5.0, minimum=0.0),
+        )
+
+
+def alarm_name(stage: str, version: str) -> str:
+    return f"{SERVICE}-{stage}-train-{version}"
+
+
+def run_request(cfg: LaunchSettings, version: str, user_data: str, market: str) -> dict[str, Any]:
+    """The run_instances parameters for one training run."""
+    tags = [
+        {"Key": "service", "Value": SERVICE},
+        {"Key": "stage", "Value": cfg.stage},
+        {"Key": "run_version", "Value": version},
+        {"Key": "Name", "Value": f"{SERVICE}-{cfg.stage}-train-{version}"},
+    ]
+    request: dict[str, Any] = {
+        "ImageId": cfg.ami_id,
+        "InstanceType": cfg.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "UserData": user_data,
+        "IamInstanceProfile": {"Arn": cfg.instance_profile_arn},
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        # IMDSv2 only; hop limit 2 so the trainer container (one hop further) reaches it too.
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 2,
+        },
+        "Monitoring": {"Enabled": True},
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tags},
+            {"ResourceType": "volume", "Tags": tags},
+        ],
+    }
+    if market == SPOT:
+        request["InstanceMarketOptions"] = {
+            "MarketType": "spot",
+            "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+        }
+    if cfg.subnet_id:
+        request["SubnetId"] = cfg.subnet_id
+    if cfg.security_group_id:
+        request["SecurityGroupIds"] = [cfg.security_group_id]
+    return request
+
+
+def launch_instance(cfg: LaunchSettings, version: str, user_data: str, *, ec2: Any = None) -> tuple[str, str]:
+    """Start the instance for ``version``; returns (instance id, market)."""
+    ec2 = ec2 or aws.client("ec2")
+    markets = [SPOT, ON_DEMAND] if cfg.spot_fallback_on_demand else [SPOT]
+    for market in markets:
+        try:
+            reply = ec2.run_instances(**run_request(cfg, version, user_data, market))
+        except ClientError as err:
+            code = err.response["Error"]["Code"]
+            if market == SPOT and code in SPOT_CAPACITY_ERRORS:
+                log.warning("spot_unavailable", version=version, code=code, fallback=len(markets) > 1)
+                if len(markets) > 1:
+                    continue
+                raise Unavailable(f"no spot capacity ({code}) and on-demand fallback is off") from err
+            raise Unavailable(f"could not launch a training instance: {code}") from err
+        instance_id = str(reply["Instances"][0]["InstanceId"])
+        log.log("instance_launched", version=version, instance_id=instance_id, market=market)
+        return instance_id, market
+    raise Unavailable("could not launch a training instance")  # pragma: no cover - loop always returns
+
+
+def put_idle_alarm(cfg: LaunchSettings, version: str, instance_id: str, *, cloudwatch: Any = None) -> str:
+    """The backstop: terminate the instance after N periods of CPU below the threshold."""
+    cloudwatch = cloudwatch or aws.client("cloudwatch")
+    name = alarm_name(cfg.stage, version)
+    cloudwatch.put_metric_alarm(
+        AlarmName=name,
+        AlarmDescription=f"terminates the idle training instance of run {version}",
+        Namespace="AWS/EC2",
+        MetricName="CPUUtilization",
+        Dimensions=[{"Name": "InstanceId", "Value": instance_id}],
+        Statistic="Average",
+        Period=cfg.alarm_period_s,
+        EvaluationPeriods=cfg.alarm_evaluation_periods,
+        DatapointsToAlarm=cfg.alarm_evaluation_periods,
+        Threshold=cfg.alarm_cpu_threshold,
+        ComparisonOperator="LessThanThreshold",
+        TreatMissingData="notBreaching",
+        AlarmActions=[f"arn:aws:automate:{cfg.region}:ec2:terminate"],
+        Tags=[{"Key": "service", "Value": SERVICE}, {"Key": "run_version", "Value": version}],
+    )
+    log.log("alarm_created", version=version, instance_id=instance_id, alarm=name)
+    return name
+
+
+def delete_alarm(cfg: LaunchSettings, version: str, *, cloudwatch: Any = None) -> None:
+    """Delete the run's alarm; deleting one that is already gone is not an error."""
+    cloudwatch = cloudwatch or aws.client("cloudwatch")
+    cloudwatch.delete_alarms(AlarmNames=[alarm_name(cfg.stage, version)])
+
+
+def instance_state(instance_id: str, *, ec2: Any = None) -> str | None:
+    """pending | running | shutting-down | terminated | ..., or None if EC2 does not know it."""
+    ec2 = ec2 or aws.client("ec2")
+    try:
+        reply = ec2.describe_instances(InstanceIds=[instance_id])
+    except ClientError as err:
+        if err.response["Error"]["Code"] == "InvalidInstanceID.NotFound":
+            return None
+        raise
+    for reservation in reply.get("Reservations", []):
+        for instance in reservation.get("Instances", []):
+            return str(instance["State"]["Name"])
+    return None
+
+
+def terminate(instance_id: str, *, ec2: Any = None) -> None:
+    ec2 = ec2 or aws.client("ec2")
+    try:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    except ClientError as err:
+        if err.response["Error"]["Code"] != "InvalidInstanceID.NotFound":
+            raise

@@ -1,0 +1,293 @@
+"""Train trigger: new samples -> at most one coalesced training run at a time.
+
+Subscribed to two streams:
+
+- the data table's: INSERT records are new samples (MODIFY/REMOVE are not new data); their
+  ids go into the lock's pending set, which a replay cannot grow (see ``lambdas.core.lock``);
+- the model table's: a run reaching a final status frees the lock and deletes its alarm.
+
+After either, a run starts if the lock is free (or expired), enough new samples are pending
+and the minimum interval has passed. The run item is created as ``training`` before the
+instance starts; the trainer always writes its final status. If the instance dies first
+(idle alarm, spot reclaim, lock expiry), this function marks the run ``interrupted`` (instance
+gone) or ``failed`` (lock expired while the instance still ran, which it then terminates) the
+next time it wants to launch, and takes the lock over.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from lambdas.core import aws, launch, lock, log, registry, settings, userdata
+from lambdas.core.errors import AutoretrainError, ConfigError, Conflict, Unavailable
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    stage: str
+    data_table: str
+    model_table: str
+    model_bucket: str
+    model_prefix: str
+    min_new_samples: int
+    min_interval_s: int
+    time_limit_s: int
+    lock_ttl_s: int
+    trainer_image: str
+    trainer_settings: dict[str, str]
+    launch: launch.LaunchSettings
+
+    @classmethod
+    def from_env(cls, env: settings.Env | None = None) -> TrainSettings:
+        env = settings.environ() if env is None else env
+        time_limit = settings.integer(env, "TRAIN_TIME_LIMIT_S", 1800, minimum=60)
+        return cls(
+            stage=settings.required(env, "STAGE"),
+            data_table=settings.required(env, "DATA_TABLE"),
+            model_table=settings.required(env, "MODEL_TABLE"),
+            model_bucket=settings.required(env, "MODEL_BUCKET"),
+            model_prefix=settings.optional(env, "MODEL_PREFIX", "models/"),
+            min_new_samples=settings.integer(env, "MIN_NEW_SAMPLES", 50, minimum=1),
+            min_interval_s=settings.integer(env, "MIN_INTERVAL_S", 300, minimum=0),
+            time_limit_s=time_limit,
+            lock_ttl_s=settings.integer(env, "LOCK_TTL_S", time_limit + 600, minimum=time_limit + 60),
+            trainer_image=settings.required(env, "TRAINER_IMAGE"),
+            trainer_settings=_pairs(settings.optional(env, "TRAINER_SETTINGS", "")),
+            launch=launch.LaunchSettings.from_env(env),
+        )
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out = {}
+    for word in text.split():
+        name, sep, value = word.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"TRAINER_SETTINGS must be KEY=VALUE words, got {word!r}")
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Clients:
+    ddb: Any = None
+    ec2: Any = None
+    cloudwatch: Any = None
+
+    @classmethod
+    def default(cls) -> Clients:
+        return cls(aws.dynamodb(), aws.client("ec2"), aws.client("cloudwatch"))
+
+
+# stream records -----------------------------------------------------------------------------
+
+
+def _table_of(record: dict[str, Any]) -> str:
+    # arn:aws:dynamodb:<region>:<account>:table/<name>/stream/<label>
+    return str(record.get("eventSourceARN", "")).split(":table/", 1)[-1].split("/", 1)[0]
+
+
+def new_samples(records: Iterable[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(id, ingested epoch ms) of every INSERT; other events are not new data."""
+    out = []
+    for record in records:
+        if record.get("eventName") != "INSERT":
+            continue
+        change = record.get("dynamodb") or {}
+        image = change.get("NewImage") or {}
+        sample_id = (change.get("Keys") or {}).get("id", {}).get("S") or image.get("id", {}).get("S")
+        if not sample_id:
+            continue
+        if "N" in image.get("ingested", {}):
+            ingested = int(float(image["ingested"]["N"]))
+        else:
+            ingested = int(float(change.get("ApproximateCreationDateTime", time.time())) * 1000)
+        out.append((sample_id, ingested))
+    return out
+
+
+def finished_runs(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Versions whose run item now has a final status."""
+    out = []
+    for record in records:
+        image = (record.get("dynamodb") or {}).get("NewImage") or {}
+        if image.get("kind", {}).get("S") != registry.RUN_KIND:
+            continue
+        if image.get("status", {}).get("S") in registry.FINAL_STATUSES:
+            out.append(image["version"]["S"] if "version" in image else image["pk"]["S"])
+    return out
+
+
+# the decision -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    launch: str | None = None  # version to start
+    stale: lock.LockState | None = None  # the dead holder taken over
+    reason: str | None = None  # why nothing starts
+
+
+def decide(
+    state: lock.LockState,
+    cfg: TrainSettings,
+    now: float,
+    *,
+    samples: list[tuple[str, int]],
+    finished: list[str],
+    dead: str | None = None,
+) -> tuple[lock.LockState, Decision]:
+    """The pure step applied to the lock: note samples and finished runs, maybe launch."""
+    state = lock.add_samples(state, samples, cap=cfg.min_new_samples)
+    for version in finished:
+        state = lock.release(state, version)
+    stale = None
+    if state.holder is not None and (state.expired(now) or state.holder == dead):
+        stale = state
+        state = lock.release(state, state.holder)
+    reason = lock.why_not_launch(state, now, min_new=cfg.min_new_samples, min_interval_s=cfg.min_interval_s)
+    if reason:
+        return state, Decision(stale=stale, reason=reason)
+    version = registry.new_version(now)
+    return lock.acquire(state, version, now, cfg.lock_ttl_s), Decision(launch=version, stale=stale)
+
+
+def process(
+    records: list[dict[str, Any]], cfg: TrainSettings, clients: Clients, now: float | None = None
+) -> Decision:
+    now = time.time() if now is None else now
+    samples = new_samples(r for r in records if _table_of(r) == cfg.data_table)
+    finished = finished_runs(r for r in records if _table_of(r) == cfg.model_table)
+    for version in finished:
+        launch.delete_alarm(cfg.launch, version, cloudwatch=clients.cloudwatch)
+    store = lock.LockStore(cfg.model_table, clients.ddb)
+
+    dead = _dead_holder(store.read(), cfg, clients, now, len(samples))
+    before, after, decision = store.transact(
+        lambda s: decide(s, cfg, now, samples=samples, finished=finished, dead=dead)
+    )
+    log.log(
+        "train_trigger",
+        new_samples=len(samples),
+        finished=finished,
+        pending=after.pending,
+        holder=after.holder,
+        launch=decision.launch,
+        reason=decision.reason,
+    )
+    if decision.stale is not None:
+        _clean_up_stale(decision.stale, cfg, clients, now)
+    if decision.launch:
+        start_run(decision.launch, before, after, cfg, clients, store)
+    return decision
+
+
+def _dead_holder(
+    state: lock.LockState, cfg: TrainSettings, clients: Clients, now: float, incoming: int
+) -> str | None:
+    """The holder whose instance is already gone (alarm, spot reclaim): no need to wait for the
+    lock to expire. Checked only when a launch is otherwise wanted, to keep EC2 calls rare."""
+    if not (state.held(now) and state.instance_id and state.pending + incoming >= cfg.min_new_samples):
+        return None
+    if launch.instance_state(state.instance_id, ec2=clients.ec2) in launch.GONE | {None}:
+        return state.holder
+    return None
+
+
+def _clean_up_stale(stale: lock.LockState, cfg: TrainSettings, clients: Clients, now: float) -> None:
+    version = str(stale.holder)
+    gone = True
+    if stale.instance_id:
+        gone = launch.instance_state(stale.instance_id, ec2=clients.ec2) in launch.GONE | {None}
+        if not gone:
+            launch.terminate(stale.instance_id, ec2=clients.ec2)
+    if gone:
+        status, reason = registry.INTERRUPTED, "the instance was gone before the run finished"
+    else:
+        status, reason = registry.FAILED, "the run outlived its lock and its instance was terminated"
+    try:
+        registry.Registry(cfg.model_table, clients.ddb).update_run(
+            version, status=status, reason=reason, ended_at=registry.now_iso()
+        )
+        log.warning("run_taken_over", version=version, status=status, instance_id=stale.instance_id)
+    except AutoretrainError:
+        pass  # it reached a final status on its own, or never got its item
+    launch.delete_alarm(cfg.launch, version, cloudwatch=clients.cloudwatch)
+
+
+def trainer_environment(version: str, cfg: TrainSettings) -> dict[str, str]:
+    return {
+        "RUN_VERSION": version,
+        "STAGE": cfg.stage,
+        "AWS_REGION": cfg.launch.region,
+        "AWS_DEFAULT_REGION": cfg.launch.region,
+        "DATA_TABLE": cfg.data_table,
+        "MODEL_TABLE": cfg.model_table,
+        "MODEL_BUCKET": cfg.model_bucket,
+        "MODEL_PREFIX": cfg.model_prefix,
+        **cfg.trainer_settings,
+    }
+
+
+def start_run(
+    version: str,
+    before: lock.LockState,
+    after: lock.LockState,
+    cfg: TrainSettings,
+    clients: Clients,
+    store: lock.LockStore,
+) -> None:
+    """Record the run, start its instance and its alarm. On failure, give the lock back."""
+    runs = registry.Registry(cfg.model_table, clients.ddb)
+    script = userdata.render(
+        region=cfg.launch.region,
+        image=cfg.trainer_image,
+        time_limit_s=cfg.time_limit_s,
+        run_version=version,
+        environment=trainer_environment(version, cfg),
+    )
+    runs.create_run(
+        version,
+        trigger={"new_samples": before.pending, "watermark_ms": after.watermark_ms},
+        hyperparameters=cfg.trainer_settings,
+        image=cfg.trainer_image,
+        lock_expires_at=after.expires_at,
+    )
+    try:
+        instance_id, market = launch.launch_instance(cfg.launch, version, script, ec2=clients.ec2)
+    except Unavailable as err:
+        runs.update_run(version, status=registry.FAILED, reason=err.message, ended_at=registry.now_iso())
+        store.transact(lambda s: (lock.undo_acquire(s, version, before), None))
+        raise
+    store.transact(lambda s: (lock.with_instance(s, version, instance_id), None))
+    alarm = launch.alarm_name(cfg.stage, version)
+    try:
+        runs.update_run(version, instance_id=instance_id, market=market, alarm=alarm)
+    except Conflict:
+        log.warning("run_finished_before_recorded", version=version, instance_id=instance_id)
+        return
+    launch.put_idle_alarm(cfg.launch, version, instance_id, cloudwatch=clients.cloudwatch)
+
+
+# handler ------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _settings() -> TrainSettings:
+    return TrainSettings.from_env()
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    records = list(event.get("Records") or [])
+    try:
+        process(records, _settings(), Clients.default())
+    except Exception as err:  # noqa: BLE001 - report the batch for retry instead of crashing
+        log.error("train_trigger_failed", error=repr(err), records=len(records))
+        failures = [
+            r["dynamodb"]["SequenceNumber"] for r in records if "SequenceNumber" in r.get("dynamodb", {})
+        ]
+        return {"batchItemFailures": [{"itemIdentifier": seq} for seq in failures]}
+    return {"batchItemFailures": []}
