@@ -1,0 +1,225 @@
+"""Where the serving side gets its model, and the warm cache that keeps it.
+
+Two sources, both answering "which version is latest?" and "load latest":
+
+- ``ProxySource`` loads the model exactly as a TensorFlow.js client does: GET the model.json
+  URL (``.../s3proxy/latest/model.json``), follow the 302 to the presigned S3 URL, then fetch
+  each weight path of the manifest relative to the model.json URL that was asked for. Published
+  manifests name shards ``../<version>/<shard>``, so the weights come from the version whose
+  model.json was read, never from a newer latest.
+- ``S3Source`` reads the latest pointer from the model table and the files from S3 directly.
+
+``ModelCache`` holds the loaded model across warm invocations and asks the source for the
+latest version at most every ``refresh_s`` seconds; a newer version is loaded completely, then
+swapped in with one assignment. When the check or the load fails, the model already held keeps
+serving (and the failure is logged); with no model at all, callers get ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lambdas.core import log
+from lambdas.core.errors import Unavailable
+from lambdas.core.tfjs_model import TfjsModel, parse
+
+_VERSION_IN_PATH = re.compile(r"(?:^|/)(v\d{8}T\d{6}Z-[0-9a-f]{4})/(?:model\.json)?$")
+_PINNED = re.compile(r"^\.\./(v\d{8}T\d{6}Z-[0-9a-f]{4})/[^/]+$")
+
+NO_MODEL = "no model has been published yet; retry after the first training run"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    model: TfjsModel
+    loaded_at: float  # time.time()
+    load_seconds: float
+
+
+class Source(Protocol):
+    def current_version(self) -> str | None:
+        """The version latest points at now, or None when nothing is published."""
+
+    def load(self) -> LoadedModel | None:
+        """Load latest (None when nothing is published)."""
+
+
+def _version_of_url(url: str) -> str | None:
+    match = _VERSION_IN_PATH.search(urllib.parse.urlsplit(url).path)
+    return match.group(1) if match else None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class ProxySource:
+    """Load through the S3 proxy URL, like ``tf.loadLayersModel(url)``."""
+
+    def __init__(self, model_url: str, *, timeout: float = 5.0) -> None:
+        self.model_url = model_url
+        self.timeout = timeout
+        self._follow = urllib.request.build_opener()
+        self._no_follow = urllib.request.build_opener(_NoRedirect())
+
+    def _get(self, url: str) -> tuple[bytes, str]:
+        with self._follow.open(url, timeout=self.timeout) as resp:
+            return resp.read(), resp.geturl()
+
+    def current_version(self) -> str | None:
+        request = urllib.request.Request(self.model_url, method="GET")
+        try:
+            with self._no_follow.open(request, timeout=self.timeout) as resp:
+                raise RuntimeError(f"{self.model_url} answered {resp.status}, expected a redirect")
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            if err.code not in (301, 302, 303, 307, 308):
+                raise
+            version = err.headers.get("X-Model-Version") or _version_of_url(err.headers.get("Location", ""))
+            if not version:
+                raise RuntimeError(f"{self.model_url} redirected to no model version") from err
+            return str(version)
+
+    def load(self) -> LoadedModel | None:
+        started = time.perf_counter()
+        try:
+            body, final_url = self._get(self.model_url)
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            raise
+        model_json = json.loads(body)
+        version = _version_of_url(final_url) or _pinned_version(model_json)
+        if version is None:
+            raise RuntimeError(f"cannot tell which version {self.model_url} served")
+        # Weights are fetched relative to the URL that was asked for, as TensorFlow.js does. A
+        # manifest that is not self-pinning would go back through "latest", so pin it here.
+        base = self.model_url
+        if _pinned_version(model_json) is None:
+            base = self.model_url.replace("/latest/model.json", f"/{version}/model.json")
+            log.warning("model_manifest_not_pinned", version=version)
+        model = parse(model_json, lambda path: self._get(urllib.parse.urljoin(base, path))[0])
+        return LoadedModel(version, model, time.time(), time.perf_counter() - started)
+
+
+def _pinned_version(model_json: dict[str, Any]) -> str | None:
+    versions = {
+        match.group(1)
+        for group in model_json.get("weightsManifest") or []
+        for path in group.get("paths", [])
+        if (match := _PINNED.match(path))
+    }
+    return versions.pop() if len(versions) == 1 else None
+
+
+class S3Source:
+    """Read the latest pointer from the model table and the files straight from S3."""
+
+    def __init__(self, *, bucket: str, prefix: str, table: str, s3: Any = None, ddb: Any = None) -> None:
+        from lambdas.core import aws, registry  # boto3 only for this source: the proxy path starts faster
+
+        self.bucket = bucket
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self._s3 = s3 or aws.s3()
+        self._registry = registry.Registry(table, ddb)
+
+    def current_version(self) -> str | None:
+        return self._registry.latest_version()
+
+    def _read(self, key: str) -> bytes:
+        if not key.startswith(self.prefix):
+            raise RuntimeError(f"model file {key} is outside {self.prefix}")
+        return bytes(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def load(self) -> LoadedModel | None:
+        started = time.perf_counter()
+        version = self.current_version()
+        if version is None:
+            return None
+        key = f"{self.prefix}{version}/model.json"
+        model_json = json.loads(self._read(key))
+        folder = posixpath.dirname(key)
+        model = parse(model_json, lambda path: self._read(posixpath.normpath(posixpath.join(folder, path))))
+        return LoadedModel(version, model, time.time(), time.perf_counter() - started)
+
+
+class ModelCache:
+    """The model of a warm container; refreshed from ``source`` at most every ``refresh_s``."""
+
+    def __init__(
+        self,
+        source: Source,
+        refresh_s: float,
+        *,
+        retry_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.refresh_s = refresh_s
+        # Without a model, look again at most every retry_s: a burst of requests before the
+        # first publication must not become a burst of loads.
+        self.retry_s = min(retry_s, refresh_s)
+        self._clock = clock
+        self._current: LoadedModel | None = None
+        self._checked_at: float | None = None
+        self._missing: tuple[float, str] | None = None  # (when, message) of the last failed first load
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def get(self) -> LoadedModel:
+        current = self._current
+        checked = self._checked_at
+        if current is not None and checked is not None and self._clock() - checked < self.refresh_s:
+            return current
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> LoadedModel:
+        current = self._current
+        now = self._clock()
+        if current is None:
+            if self._missing is not None and now - self._missing[0] < self.retry_s:
+                raise Unavailable(self._missing[1])
+        elif self._checked_at is not None and now - self._checked_at < self.refresh_s:
+            return current  # another thread refreshed while we waited
+        self._checked_at = now
+        try:
+            if current is not None and self.source.current_version() in (current.version, None):
+                return current
+            loaded = self.source.load()
+        except Exception as err:  # any failure: keep serving what we have
+            if current is None:
+                log.error("model_load_failed", error=repr(err))
+                self._missing = (now, "the model could not be loaded; retry shortly")
+                raise Unavailable(self._missing[1]) from err
+            log.warning("model_refresh_failed", version=current.version, error=repr(err))
+            return current
+        if loaded is None:
+            if current is not None:
+                return current
+            self._missing = (now, NO_MODEL)
+            raise Unavailable(NO_MODEL)
+        self._current, self._missing = loaded, None
+        log.log(
+            "model_loaded",
+            version=loaded.version,
+            previous=current.version if current else None,
+            load_ms=round(loaded.load_seconds * 1000, 1),
+        )
+        return loaded

@@ -1,0 +1,175 @@
+"""POST /infer: labels and class probabilities from the latest published model.
+
+Body: a JSON array of ``{temp, rh, wind, clo}`` (raw units, see lambdas/core/schema.py) or
+``{"inputs": [...]}``; at most INFER_MAX_BATCH items (default 1,000; more is a 413). Inputs are
+checked like uploaded samples (a 400 names the field and the index). The answer:
+
+    {"version": "v...", "predictions": [{"label": "ok", "probabilities": {"cold": .., ...}}],
+     "simpleResult": ["ok"], "rawResult": [[p_cold, p_ok, p_warm]]}
+
+``simpleResult`` and ``rawResult`` keep the original API's clients working. Before the first
+model is published the answer is 503.
+
+The model is loaded once per container (through the S3 proxy like a TensorFlow.js client, or
+straight from S3 with MODEL_SOURCE=s3) and re-checked at most every MODEL_REFRESH_S seconds.
+The forward pass is numpy only. A scheduled warm-up event is answered without touching the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lambdas.core import log, settings
+from lambdas.core.errors import BadRequest, ConfigError, PayloadTooLarge
+from lambdas.core.http import Event, Response, guarded, raw_body, request_id, response
+from lambdas.core.modelstore import LoadedModel, ModelCache, ProxySource, S3Source, Source
+from lambdas.core.samples import parse_features
+from lambdas.core.schema import FEATURE_NAMES, FEATURES, LABELS
+
+SOURCES = ("proxy", "s3")
+_LOW = np.array([f.minimum for f in FEATURES])
+_HIGH = np.array([f.maximum for f in FEATURES])
+_NUMBER_KINDS = frozenset("fiu")
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    source: str
+    model_url: str | None  # proxy source: the URL of latest's model.json
+    bucket: str | None
+    prefix: str
+    table: str | None
+    refresh_s: float
+    max_batch: int
+
+    @classmethod
+    def from_env(cls, env: settings.Env | None = None) -> InferSettings:
+        env = settings.environ() if env is None else env
+        api_url = settings.optional(env, "API_URL", "")
+        source = settings.optional(env, "MODEL_SOURCE", "proxy" if api_url else "s3").lower()
+        if source not in SOURCES:
+            raise ConfigError(f"MODEL_SOURCE must be one of {', '.join(SOURCES)}, got {source!r}")
+        model_url = settings.optional(env, "MODEL_URL", "")
+        if source == "proxy" and not model_url:
+            base = settings.required(env, "API_URL").rstrip("/")
+            model_url = f"{base}/s3proxy/latest/model.json"
+        return cls(
+            source=source,
+            model_url=model_url or None,
+            bucket=settings.required(env, "MODEL_BUCKET") if source == "s3" else None,
+            prefix=settings.optional(env, "MODEL_PREFIX", "models/"),
+            table=settings.required(env, "MODEL_TABLE") if source == "s3" else None,
+            refresh_s=settings.number(env, "MODEL_REFRESH_S", 30.0, minimum=0.0),
+            max_batch=settings.integer(env, "INFER_MAX_BATCH", 1000, minimum=1),
+        )
+
+    def make_source(self) -> Source:
+        if self.source == "proxy":
+            assert self.model_url
+            return ProxySource(self.model_url)
+        assert self.bucket and self.table
+        return S3Source(bucket=self.bucket, prefix=self.prefix, table=self.table)
+
+
+def input_list(payload: Any, max_batch: int) -> list[Any]:
+    if isinstance(payload, dict):
+        extra = [key for key in payload if key != "inputs"]
+        if extra or not isinstance(payload.get("inputs"), list):
+            raise BadRequest(
+                'send a JSON array of {"temp", "rh", "wind", "clo"} objects or {"inputs": [...]}'
+            )
+        payload = payload["inputs"]
+    if not isinstance(payload, list):
+        raise BadRequest('send a JSON array of {"temp", "rh", "wind", "clo"} objects or {"inputs": [...]}')
+    if not payload:
+        raise BadRequest("no inputs: the array is empty")
+    if len(payload) > max_batch:
+        raise PayloadTooLarge(
+            f"{len(payload)} inputs in one request; at most {max_batch} are accepted", limit=max_batch
+        )
+    return payload
+
+
+def features(items: list[Any], *, may_hold_booleans: bool = True) -> np.ndarray:
+    """The (n, 4) input matrix, validated exactly as uploads are.
+
+    The fast path accepts only what is certainly valid (JSON numbers within range); anything
+    else goes through the upload's item-by-item check, which names the field and the index.
+    JSON booleans would pass numpy's conversion, so a body that may hold one takes the slow path.
+    """
+    if not may_hold_booleans:
+        try:
+            matrix = np.array([[item[name] for name in FEATURE_NAMES] for item in items], dtype=None)
+        except (KeyError, TypeError, ValueError):
+            matrix = None
+        if (
+            matrix is not None
+            and matrix.dtype.kind in _NUMBER_KINDS
+            and matrix.ndim == 2
+            and ((matrix >= _LOW) & (matrix <= _HIGH)).all()
+        ):
+            return matrix.astype(np.float64, copy=False)
+    return np.array([parse_features(item, index) for index, item in enumerate(items)], dtype=np.float64)
+
+
+def answer(loaded: LoadedModel, x: np.ndarray) -> dict[str, Any]:
+    probabilities = loaded.model.predict(x)
+    raw = probabilities.tolist()
+    labels = [LABELS[i] for i in probabilities.argmax(axis=1).tolist()]
+    return {
+        "version": loaded.version,
+        "predictions": [
+            {"label": label, "probabilities": dict(zip(LABELS, row, strict=True))}
+            for label, row in zip(labels, raw, strict=True)
+        ],
+        "simpleResult": labels,
+        "rawResult": raw,
+    }
+
+
+@functools.cache
+def _settings() -> InferSettings:
+    return InferSettings.from_env()
+
+
+@functools.cache
+def model_cache() -> ModelCache:
+    cfg = _settings()
+    return ModelCache(cfg.make_source(), cfg.refresh_s)
+
+
+def reset() -> None:
+    """Forget the settings and the warm model (tests)."""
+    _settings.cache_clear()
+    model_cache.cache_clear()
+
+
+def is_warmup(event: Event) -> bool:
+    return event.get("source") == "aws.events" or bool(event.get("warmup"))
+
+
+@guarded
+def _handle(event: Event) -> Response:
+    body = raw_body(event)
+    if not body.strip():
+        raise BadRequest("request body is empty; send a JSON array of inputs")
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(f"request body is not valid JSON: {err}") from err
+    items = input_list(payload, _settings().max_batch)
+    x = features(items, may_hold_booleans=b"true" in body or b"false" in body)
+    loaded = model_cache().get()
+    return response(200, answer(loaded, x))
+
+
+def handler(event: Event, context: Any = None) -> Response:
+    if is_warmup(event):
+        log.log("warmup", request_id=request_id(event))
+        return {"warm": True}
+    return _handle(event)
