@@ -1,0 +1,299 @@
+"""Instance runner: what EC2 would do with a training instance, on this machine.
+
+For every pending/running instance tagged ``service=autoretrain`` it runs the instance's real
+user-data with bash, in a temporary directory, with ``standins/`` first on PATH (``aws``,
+``docker`` and ``shutdown`` stand-ins: the trainer runs as a local process and ``shutdown``
+terminates the instance through the EC2 API). While it runs, the CPU use of its process tree
+is published as the instance's ``AWS/EC2 CPUUtilization``; if the instance is terminated from
+outside (the idle alarm, a test) the process tree is killed, as a real termination would.
+
+A fake IMDSv2 serves the token, ``meta-data/instance-id`` and
+``meta-data/spot/instance-action`` (404 until a notice is requested with ``spot_notice()`` or
+by creating ``<state_dir>/spot-notice-<instance-id>``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from scripts.localcloud.driver import Context
+from scripts.localcloud.infra import ROOT
+
+STANDINS = Path(__file__).with_name("standins")
+SERVICE_TAG = {"Name": "tag:service", "Values": ["autoretrain"]}
+ACTIVE = ["pending", "running"]
+# Replace the trainer command (e.g. one that hangs idle, to show the alarm at work).
+TRAINER_CMD_ENV = "LOCALCLOUD_TRAINER_CMD"
+
+
+class Imds:
+    """A fake IMDSv2 for every local instance: ``/<instance-id>/latest/...``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.notices: dict[str, dict[str, str]] = {}
+        self.tokens: set[str] = set()
+        imds = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: str = "") -> None:
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_PUT(self) -> None:
+                if self.path.endswith("/latest/api/token") and self.headers.get(
+                    "X-aws-ec2-metadata-token-ttl-seconds"
+                ):
+                    token = secrets.token_urlsafe(24)
+                    imds.tokens.add(token)
+                    self._send(200, token)
+                else:
+                    self._send(400)
+
+            def do_GET(self) -> None:
+                if self.headers.get("X-aws-ec2-metadata-token") not in imds.tokens:
+                    self._send(401)  # IMDSv2 required: no token, no answer
+                    return
+                parts = self.path.strip("/").split("/", 1)
+                instance_id, rest = parts[0], (parts[1] if len(parts) > 1 else "")
+                if rest == "latest/meta-data/instance-id":
+                    self._send(200, instance_id)
+                elif rest == "latest/meta-data/spot/instance-action":
+                    notice = imds.notice(instance_id)
+                    self._send(200, json.dumps(notice)) if notice else self._send(404)
+                else:
+                    self._send(404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="imds", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def endpoint(self, instance_id: str) -> str:
+        return f"{self.url}/{instance_id}"
+
+    def notice(self, instance_id: str) -> dict[str, str] | None:
+        if instance_id not in self.notices and (self.state_dir / f"spot-notice-{instance_id}").exists():
+            self.spot_notice(instance_id)
+        return self.notices.get(instance_id)
+
+    def spot_notice(self, instance_id: str, in_seconds: int = 120) -> None:
+        at = datetime.fromtimestamp(time.time() + in_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.notices[instance_id] = {"action": "terminate", "time": at}
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def instance_env(
+    instance_id: str, *, aws_endpoint: str, region: str, imds_endpoint: str, workdir: Path
+) -> dict[str, str]:
+    """The environment the user-data runs in: stand-ins first on PATH, this venv's python."""
+    path = os.pathsep.join([str(STANDINS), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    env = {
+        "PATH": path,
+        "HOME": str(workdir),
+        "LOCALCLOUD_INSTANCE_ID": instance_id,
+        "LOCALCLOUD_AWS_ENDPOINT": aws_endpoint,
+        "LOCALCLOUD_REGION": region,
+        "LOCALCLOUD_IMDS_ENDPOINT": imds_endpoint,
+        "LOCALCLOUD_ROOT": str(ROOT),
+        "LOCALCLOUD_TRAINER_PATH": path,
+    }
+    if os.environ.get(TRAINER_CMD_ENV):
+        env[TRAINER_CMD_ENV] = os.environ[TRAINER_CMD_ENV]
+    return env
+
+
+def tree_cpu_percent(proc: psutil.Process, interval: float) -> float:
+    """CPU of a process and its descendants over ``interval``, as a share of the machine
+    (EC2's CPUUtilization is per instance, not per core)."""
+    procs = [proc]
+    try:
+        procs += proc.children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.cpu_percent(None)
+    time.sleep(interval)
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.cpu_percent(None)
+    return min(100.0, total / (psutil.cpu_count() or 1))
+
+
+class InstanceRunner:
+    name = "instances"
+
+    def __init__(self, *, poll_s: float | None = None, metric_period_s: float | None = None) -> None:
+        self._poll_s = poll_s
+        self._metric_s = metric_period_s
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._seen: set[str] = set()
+        self.imds: Imds | None = None
+        self.exit_codes: dict[str, int] = {}
+
+    def start(self, ctx: Context) -> None:
+        local = dict(ctx.settings.get("instances") or {})
+        self.poll_s = self._poll_s or float(local.get("pollSeconds", 0.5))
+        self.metric_s = self._metric_s or float(local.get("metricPeriodSeconds", 1))
+        self.ctx = ctx
+        self.ec2 = ctx.client("ec2")
+        self.cloudwatch = ctx.client("cloudwatch")
+        create_instance_profiles(ctx)
+        ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        self.imds = Imds(ctx.state_dir)
+        self.imds.start()
+        watcher = threading.Thread(target=self._watch, name="instances", daemon=True)
+        watcher.start()
+        self._threads.append(watcher)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+        if self.imds:
+            self.imds.stop()
+            self.imds = None
+
+    def spot_notice(self, instance_id: str) -> None:
+        assert self.imds is not None
+        self.imds.spot_notice(instance_id)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pages = self.ec2.describe_instances(
+                    Filters=[SERVICE_TAG, {"Name": "instance-state-name", "Values": ACTIVE}]
+                )
+                for reservation in pages.get("Reservations", []):
+                    for instance in reservation["Instances"]:
+                        instance_id = instance["InstanceId"]
+                        if instance_id not in self._seen:
+                            self._seen.add(instance_id)
+                            thread = threading.Thread(
+                                target=self._run, args=(instance_id,), name=instance_id, daemon=True
+                            )
+                            thread.start()
+                            self._threads.append(thread)
+            except Exception as err:  # noqa: BLE001 - a driver must keep polling
+                self.ctx.say(f"instances: {err!r}")
+            self._stop.wait(self.poll_s)
+
+    def _state(self, instance_id: str) -> str:
+        reply = self.ec2.describe_instances(InstanceIds=[instance_id])
+        return str(reply["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    def _run(self, instance_id: str) -> None:
+        attr = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        script = base64.b64decode(attr.get("UserData", {}).get("Value", "")).decode()
+        assert self.imds is not None
+        workdir = Path(tempfile.mkdtemp(prefix=f"{instance_id}-"))
+        (workdir / "user-data.sh").write_text(script)
+        log_path = self.ctx.state_dir / f"instance-{instance_id}.log"
+        env = instance_env(
+            instance_id,
+            aws_endpoint=self.ctx.aws_endpoint,
+            region=self.ctx.stack.region,
+            imds_endpoint=self.imds.endpoint(instance_id),
+            workdir=workdir,
+        )
+        self.ctx.say(f"instance {instance_id}: running its user-data (log: {log_path})")
+        started = time.monotonic()
+        with log_path.open("w") as out:
+            proc = subprocess.Popen(
+                ["bash", str(workdir / "user-data.sh")],
+                cwd=workdir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            ps = psutil.Process(proc.pid)
+            killed = False
+            while proc.poll() is None:
+                cpu = tree_cpu_percent(ps, self.metric_s)
+                self._publish(instance_id, cpu)
+                if self._stop.is_set() or self._state(instance_id) in ("shutting-down", "terminated"):
+                    killed = True
+                    _kill_group(proc)
+                    break
+            code = proc.wait()
+        self.exit_codes[instance_id] = code
+        how = "was terminated from outside" if killed else f"user-data exited {code}"
+        self.ctx.say(f"instance {instance_id}: {how} after {time.monotonic() - started:.1f}s")
+
+    def _publish(self, instance_id: str, cpu: float) -> None:
+        try:
+            self.cloudwatch.put_metric_data(
+                Namespace="AWS/EC2",
+                MetricData=[
+                    {
+                        "MetricName": "CPUUtilization",
+                        "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+                        "Value": round(cpu, 2),
+                        "Unit": "Percent",
+                    }
+                ],
+            )
+        except Exception as err:  # noqa: BLE001
+            self.ctx.say(f"instances: could not publish CPU of {instance_id}: {err!r}")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def create_instance_profiles(ctx: Context) -> None:
+    """Create the stack's instance profiles (and their roles) in moto, which checks that the
+    profile given to run_instances exists, and record their ARNs for Fn::GetAtt."""
+    iam = ctx.client("iam")
+    for logical, spec in ctx.stack.resources_of_type("AWS::IAM::InstanceProfile").items():
+        name = f"{ctx.stack.config.get('service', 'autoretrain')}-{ctx.stack.stage}-{logical}"
+        try:
+            profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        except iam.exceptions.EntityAlreadyExistsException:
+            profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        for role in spec.get("Properties", {}).get("Roles", []):
+            role_logical = role.get("Ref") if isinstance(role, dict) else str(role)
+            role_name = f"{name}-{role_logical}"[:64]
+            try:
+                iam.create_role(RoleName=role_name, AssumeRolePolicyDocument="{}")
+                iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
+            except iam.exceptions.EntityAlreadyExistsException:
+                pass
+        ctx.stack.physical[logical] = name
+        ctx.stack.arns[f"{logical}.Arn"] = profile["Arn"]
