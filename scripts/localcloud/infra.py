@@ -8,6 +8,7 @@ else fails loudly instead of being silently left unresolved.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +235,7 @@ def _cors(cfn: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_resources(stack: Stack, session: Any) -> Stack:
-    """Create the tables, bucket, queue and topic that the file declares. Idempotent."""
+    """Create the tables, bucket, queue, topic and instance profiles the file declares. Idempotent."""
     dynamodb = session.client("dynamodb", region_name=stack.region)
     for logical, spec in stack.resources_of_type("AWS::DynamoDB::Table").items():
         props = spec["Properties"]
@@ -298,4 +299,40 @@ def create_resources(stack: Stack, session: Any) -> Stack:
         arn = sns.create_topic(Name=spec["Properties"]["TopicName"])["TopicArn"]
         stack.physical[logical] = arn
         stack.arns[f"{logical}.TopicName"] = spec["Properties"]["TopicName"]
+
+    _create_instance_profiles(stack, session)
     return stack
+
+
+def _create_instance_profiles(stack: Stack, session: Any) -> None:
+    """Instance profiles and the roles they carry, so that a function's environment can name
+    a profile ARN (Fn::GetAtt) and run_instances finds it. Roles of functions are not needed
+    locally: functions run in-process with the local cloud's credentials."""
+    iam = session.client("iam", region_name=stack.region)
+    service = stack.config.get("service", "service")
+    for logical, spec in stack.resources_of_type("AWS::IAM::InstanceProfile").items():
+        name = f"{service}-{stack.stage}-{logical}"
+        try:
+            profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        except iam.exceptions.EntityAlreadyExistsException:
+            profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        for role in (spec.get("Properties") or {}).get("Roles") or []:
+            role_logical = str(role.get("Ref") if isinstance(role, dict) else role)
+            role_name = f"{name}-{role_logical}"[:64]
+            try:
+                created = iam.create_role(
+                    RoleName=role_name,
+                    AssumeRolePolicyDocument=json.dumps(
+                        stack.resources.get(role_logical, {})
+                        .get("Properties", {})
+                        .get("AssumeRolePolicyDocument")
+                        or {}
+                    ),
+                )["Role"]
+                iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
+            except iam.exceptions.EntityAlreadyExistsException:
+                created = iam.get_role(RoleName=role_name)["Role"]
+            stack.physical.setdefault(role_logical, role_name)
+            stack.arns.setdefault(f"{role_logical}.Arn", created["Arn"])
+        stack.physical[logical] = name
+        stack.arns[f"{logical}.Arn"] = profile["Arn"]

@@ -1,0 +1,377 @@
+"""An HTTP server that plays API Gateway (REST API, Lambda proxy integration) on loopback.
+
+Every ``http`` event of serverless.yml becomes a route; a request that matches one is turned
+into the proxy event API Gateway would send, the function runs in-process, and its proxy
+response is written back. What API Gateway does on its own is emulated too: CORS preflights
+for ``cors: true`` routes, the 10 MB request limit (413), a failed or malformed function
+response (502), Lambda's 6 MB response limit (502). The 29 s integration timeout is not
+enforced (a handler cannot be interrupted in-process); slower calls are logged.
+
+Unlike API Gateway, the URL has no stage prefix (``/upload``, not ``/local/upload``), an
+unknown path answers 404 and a known path with the wrong method 405 (API Gateway answers 403
+"Missing Authentication Token" to both), and ``GET /`` serves static files from ``web/``
+when that folder exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from scripts.localcloud import infra
+
+MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # Lambda's synchronous response limit
+INTEGRATION_TIMEOUT_S = 29
+DEFAULT_CORS_HEADERS = (
+    "Content-Type,X-Amz-Date,Authorization,X-Api-Key,X-Amz-Security-Token,X-Amz-User-Agent,X-Amzn-Trace-Id"
+)
+
+Invoke = Callable[[str, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Cors:
+    origin: str = "*"
+    headers: str = DEFAULT_CORS_HEADERS
+    allow_credentials: bool = False
+
+    @classmethod
+    def from_event(cls, value: Any) -> Cors | None:
+        if value is True:
+            return cls()
+        if not value:
+            return None
+        origins = value.get("origins") or [value.get("origin", "*")]
+        headers = value.get("headers")
+        return cls(
+            origin=",".join(origins),
+            headers=",".join(headers) if headers else DEFAULT_CORS_HEADERS,
+            allow_credentials=bool(value.get("allowCredentials", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Route:
+    function: str
+    method: str  # upper case, or ANY
+    resource: str  # "/s3proxy/{version}/{filename}"
+    pattern: re.Pattern[str]
+    cors: Cors | None
+
+    def match(self, path: str) -> dict[str, str] | None:
+        found = self.pattern.fullmatch(path)
+        if found is None:
+            return None
+        return {k: unquote(v) for k, v in found.groupdict().items()}
+
+
+def _pattern(resource: str) -> re.Pattern[str]:
+    parts = []
+    for piece in re.split(r"(\{[^}]+\})", resource):
+        if piece.startswith("{") and piece.endswith("+}"):
+            parts.append(f"(?P<{piece[1:-2]}>.+)")
+        elif piece.startswith("{"):
+            parts.append(f"(?P<{piece[1:-1]}>[^/]+)")
+        else:
+            parts.append(re.escape(piece))
+    return re.compile("".join(parts))
+
+
+def routes(stack: infra.Stack) -> list[Route]:
+    out = []
+    for fn in stack.functions():
+        for event in fn.events:
+            spec = event.get("http")
+            if spec is None:
+                continue
+            if isinstance(spec, str):  # "post upload"
+                method, _, path = spec.partition(" ")
+                spec = {"method": method, "path": path.strip()}
+            resource = "/" + str(spec["path"]).strip("/")
+            out.append(
+                Route(
+                    function=fn.name,
+                    method=str(spec["method"]).upper(),
+                    resource=resource,
+                    pattern=_pattern(resource),
+                    cors=Cors.from_event(spec.get("cors")),
+                )
+            )
+    # Literal paths win over parameters, as in API Gateway.
+    return sorted(out, key=lambda r: (r.resource.count("{"), -len(r.resource)))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ApiServer
+    protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers after stop()
+    timeout = 30  # a client that stops sending cannot hold a thread forever
+
+    def do_GET(self) -> None:
+        self.server.dispatch(self)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.server.access_log(format % args)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class ApiServer(ThreadingHTTPServer):
+    """``ApiServer(stack, invoke)`` binds at once (so its URL is known before the functions'
+    environment is computed); ``start()`` serves from a thread; ``stop()`` closes and joins."""
+
+    daemon_threads = False
+    block_on_close = True  # server_close() joins the request threads
+
+    def __init__(
+        self,
+        stack: infra.Stack,
+        invoke: Invoke,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        web_dir: Path | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        super().__init__((host, port), _Handler)
+        self.stack = stack
+        self.invoke = invoke
+        self.routes = routes(stack)
+        self.web_dir = web_dir
+        self._log_path = log_path
+        self._log_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="localcloud-api"
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self.shutdown()
+        self.server_close()
+        self._thread.join()
+        self._thread = None
+
+    def access_log(self, line: str) -> None:
+        if self._log_path is None:
+            return
+        with self._log_lock, self._log_path.open("a") as out:
+            out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+    # --- request handling -------------------------------------------------------------------
+
+    def dispatch(self, request: _Handler) -> None:
+        url = urlsplit(request.path)
+        method = request.command.upper()
+        try:
+            body = _read_body(request)
+        except _TooLarge:
+            self._send(request, 413, {"Content-Type": "application/json"}, b'{"message":"Request Too Long"}')
+            return
+        except ValueError as err:
+            self._send_json(request, 400, {"message": f"malformed request body: {err}"})
+            return
+
+        candidates = [
+            (route, params) for route in self.routes if (params := route.match(url.path)) is not None
+        ]
+        if not candidates:
+            if method in {"GET", "HEAD"} and self._serve_static(request, url.path):
+                return
+            self._send_json(request, 404, {"message": f"no route for {method} {url.path}"})
+            return
+        if method == "OPTIONS" and not any(route.method in {"OPTIONS", "ANY"} for route, _ in candidates):
+            self._preflight(request, [route for route, _ in candidates])
+            return
+        for route, params in candidates:
+            if route.method in {method, "ANY"} or (method == "HEAD" and route.method == "GET"):
+                self._call(request, route, params, url.path, url.query, body)
+                return
+        allowed = sorted({route.method for route, _ in candidates})
+        self._send_json(
+            request,
+            405,
+            {"message": f"{method} is not allowed on {url.path}; use {', '.join(allowed)}"},
+            {"Allow": ",".join(allowed)},
+        )
+
+    def _preflight(self, request: _Handler, matched: list[Route]) -> None:
+        cors = next((route.cors for route in matched if route.cors), None)
+        if cors is None:
+            self._send_json(request, 404, {"message": f"no route for OPTIONS {urlsplit(request.path).path}"})
+            return
+        methods = sorted({route.method for route in matched} | {"OPTIONS"})
+        headers = {
+            "Access-Control-Allow-Origin": cors.origin,
+            "Access-Control-Allow-Headers": cors.headers,
+            "Access-Control-Allow-Methods": ",".join(methods),
+        }
+        if cors.allow_credentials:
+            headers["Access-Control-Allow-Credentials"] = "true"
+        self._send(request, 200, {**headers, "Content-Type": "application/json"}, b"")
+
+    def _call(
+        self, request: _Handler, route: Route, params: dict[str, str], path: str, query: str, body: bytes
+    ) -> None:
+        event = proxy_event(request, route, params, path, query, body, self.stack.stage)
+        started = time.monotonic()
+        try:
+            result = self.invoke(route.function, event)
+            status, headers, payload = proxy_response(result)
+        except Exception as err:  # noqa: BLE001 - API Gateway answers 502 whatever the function did
+            self.access_log(f"{route.function} failed: {err!r}")
+            self._send_json(request, 502, {"message": "Internal server error"})
+            return
+        elapsed = time.monotonic() - started
+        if elapsed > INTEGRATION_TIMEOUT_S:
+            self.access_log(f"{route.function} took {elapsed:.1f}s; API Gateway would have answered 504")
+        if len(payload) > MAX_RESPONSE_BYTES:
+            self.access_log(f"{route.function} returned {len(payload)} bytes, over Lambda's 6 MB limit")
+            self._send_json(request, 502, {"message": "Internal server error"})
+            return
+        self._send(request, status, headers, payload)
+
+    def _serve_static(self, request: _Handler, path: str) -> bool:
+        if self.web_dir is None or not self.web_dir.is_dir():
+            return False
+        root = self.web_dir.resolve()
+        target = (root / unquote(path).lstrip("/")).resolve()
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_relative_to(root) or not target.is_file():
+            return False
+        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        self._send(request, 200, {"Content-Type": content_type}, target.read_bytes())
+        return True
+
+    def _send_json(
+        self, request: _Handler, status: int, body: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        self._send(
+            request,
+            status,
+            {"Content-Type": "application/json", **(headers or {})},
+            json.dumps(body).encode(),
+        )
+
+    @staticmethod
+    def _send(request: _Handler, status: int, headers: dict[str, Any], payload: bytes) -> None:
+        request.send_response(status)
+        for name, value in headers.items():
+            for one in value if isinstance(value, list) else [value]:
+                request.send_header(name, str(one))
+        request.send_header("Content-Length", str(len(payload)))
+        request.send_header("X-Amzn-RequestId", str(uuid.uuid4()))
+        request.end_headers()
+        if request.command != "HEAD":
+            request.wfile.write(payload)
+
+
+def _read_body(request: _Handler) -> bytes:
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        body = bytearray()
+        while True:
+            size = int(request.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while request.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(body)
+            if len(body) + size > MAX_REQUEST_BYTES:
+                raise _TooLarge
+            body += request.rfile.read(size)
+            request.rfile.readline(8)
+    length = int(request.headers.get("Content-Length") or 0)
+    if length > MAX_REQUEST_BYTES:
+        # Read it anyway, so the client sees the 413 rather than a reset connection.
+        remaining = length
+        while remaining > 0 and (chunk := request.rfile.read(min(remaining, 1 << 20))):
+            remaining -= len(chunk)
+        raise _TooLarge
+    return request.rfile.read(length) if length else b""
+
+
+def proxy_event(
+    request: _Handler, route: Route, params: dict[str, str], path: str, query: str, body: bytes, stage: str
+) -> dict[str, Any]:
+    """The REST API (v1) Lambda proxy event for one request."""
+    headers: dict[str, str] = {}
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in request.headers.items():
+        headers[name] = value
+        multi_headers.setdefault(name, []).append(value)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    multi_query: dict[str, list[str]] = {}
+    for name, value in pairs:
+        multi_query.setdefault(name, []).append(value)
+    try:
+        text: str | None = body.decode("utf-8") if body else None
+        encoded = False
+    except UnicodeDecodeError:
+        text, encoded = base64.b64encode(body).decode("ascii"), True
+    now = time.time()
+    return {
+        "resource": route.resource,
+        "path": path,
+        "httpMethod": request.command.upper(),
+        "headers": headers or None,
+        "multiValueHeaders": multi_headers or None,
+        "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": params or None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": route.resource,
+            "httpMethod": request.command.upper(),
+            "path": f"/{stage}{path}",
+            "stage": stage,
+            "requestId": str(uuid.uuid4()),
+            "requestTimeEpoch": int(now * 1000),
+            "protocol": request.request_version,
+            "accountId": infra.LOCAL_ACCOUNT,
+            "apiId": "local",
+            "domainName": headers.get("Host", "127.0.0.1"),
+            "identity": {"sourceIp": request.client_address[0], "userAgent": headers.get("User-Agent")},
+        },
+        "body": text,
+        "isBase64Encoded": encoded,
+    }
+
+
+def proxy_response(result: Any) -> tuple[int, dict[str, Any], bytes]:
+    """Status, headers and body of a proxy response; ValueError when it is malformed, which
+    API Gateway reports as a 502."""
+    if not isinstance(result, dict) or "statusCode" not in result:
+        raise ValueError(f"malformed Lambda proxy response: {result!r:.200}")
+    status = int(result["statusCode"])
+    headers: dict[str, Any] = {k: str(v) for k, v in (result.get("headers") or {}).items()}
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        headers[name] = [str(v) for v in values]
+    body = result.get("body") or ""
+    if not isinstance(body, str):
+        raise ValueError("the proxy response body must be a string")
+    payload = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")
+    return status, headers, payload
