@@ -69,8 +69,9 @@ bench: install
 models: $(STAMP)
 	$(PY) -m scripts.models
 
-lock:
-	$(PY) -m pip freeze --exclude-editable > requirements/lock.txt
+lock: $(STAMP)
+	{ sed -n '/^#/p' requirements/lock.txt; $(PY) -m pip freeze --exclude-editable; } > requirements/lock.txt.new
+	mv requirements/lock.txt.new requirements/lock.txt
 
 clean:
 	rm -rf .localcloud .pytest_cache .ruff_cache .mypy_cache
