@@ -129,6 +129,7 @@ class Decision:
     launch: str | None = None  # version to start
     stale: lock.LockState | None = None  # the dead holder taken over
     reason: str | None = None  # why nothing starts
+    previous: lock.LockState | None = None  # the lock just before it was acquired
 
 
 def decide(
@@ -152,7 +153,8 @@ def decide(
     if reason:
         return state, Decision(stale=stale, reason=reason)
     version = registry.new_version(now)
-    return lock.acquire(state, version, now, cfg.lock_ttl_s), Decision(launch=version, stale=stale)
+    acquired = lock.acquire(state, version, now, cfg.lock_ttl_s)
+    return acquired, Decision(launch=version, stale=stale, previous=state)
 
 
 def process(
@@ -166,7 +168,7 @@ def process(
     store = lock.LockStore(cfg.model_table, clients.ddb)
 
     dead = _dead_holder(store.read(), cfg, clients, now, len(samples))
-    before, after, decision = store.transact(
+    _, after, decision = store.transact(
         lambda s: decide(s, cfg, now, samples=samples, finished=finished, dead=dead)
     )
     log.log(
@@ -180,8 +182,8 @@ def process(
     )
     if decision.stale is not None:
         _clean_up_stale(decision.stale, cfg, clients, now)
-    if decision.launch:
-        start_run(decision.launch, before, after, cfg, clients, store)
+    if decision.launch and decision.previous is not None:
+        start_run(decision.launch, decision.previous, after, cfg, clients, store)
     return decision
 
 

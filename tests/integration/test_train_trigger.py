@@ -1,0 +1,309 @@
+"""The train trigger against moto: what it launches, and that it launches only once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from lambdas import train
+from lambdas.core import launch, lock, registry
+from lambdas.core.errors import Unavailable
+from scripts.localcloud import infra
+
+PROFILE = "autoretrain-test-profile"
+
+
+@pytest.fixture
+def cfg(stack: infra.Stack, monkeypatch: pytest.MonkeyPatch) -> train.TrainSettings:
+    iam = boto3.client("iam")
+    arn = iam.create_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"]["Arn"]
+    env = {
+        **{k: str(stack.resolve_intrinsics(v)) for k, v in stack.config["provider"]["environment"].items()},
+        "AWS_REGION": "us-east-1",
+        "MIN_NEW_SAMPLES": "3",
+        "MIN_INTERVAL_S": "0",
+        "TRAIN_TIME_LIMIT_S": "600",
+        "LOCK_TTL_S": "900",
+        "TRAINER_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/autoretrain-test-trainer:latest",
+        "TRAINER_SETTINGS": "EPOCHS=5 SEED=7",
+        "AMI_ID": "ami-12c6146b",
+        "INSTANCE_TYPE": "c5.large",
+        "INSTANCE_PROFILE_ARN": arn,
+        "SPOT_FALLBACK_ON_DEMAND": "true",
+        "ALARM_PERIOD_S": "60",
+        "ALARM_EVALUATION_PERIODS": "2",
+        "ALARM_CPU_THRESHOLD": "5",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    train._settings.cache_clear()
+    return train.TrainSettings.from_env(env)
+
+
+def data_record(cfg: train.TrainSettings, sample_id: str, seq: int, *, event: str = "INSERT", ingested=None):
+    ingested = int(time.time() * 1000) if ingested is None else ingested
+    image = {
+        "id": {"S": sample_id},
+        "temp": {"N": "70"},
+        "label": {"S": "ok"},
+        "ingested": {"N": str(ingested)},
+    }
+    return {
+        "eventID": f"e{seq}",
+        "eventName": event,
+        "eventSource": "aws:dynamodb",
+        "eventSourceARN": f"arn:aws:dynamodb:us-east-1:123456789012:table/{cfg.data_table}/stream/2026",
+        "dynamodb": {"Keys": {"id": {"S": sample_id}}, "NewImage": image, "SequenceNumber": f"{seq:021d}"},
+    }
+
+
+def run_record(cfg: train.TrainSettings, version: str, status: str, seq: int = 1):
+    image = {"pk": {"S": version}, "kind": {"S": "run"}, "version": {"S": version}, "status": {"S": status}}
+    return {
+        "eventID": f"m{seq}",
+        "eventName": "MODIFY",
+        "eventSourceARN": f"arn:aws:dynamodb:us-east-1:123456789012:table/{cfg.model_table}/stream/2026",
+        "dynamodb": {"Keys": {"pk": {"S": version}}, "NewImage": image, "SequenceNumber": f"{seq:021d}"},
+    }
+
+
+def batch(cfg, ids: list[str], start: int = 1) -> dict[str, Any]:
+    return {"Records": [data_record(cfg, i, start + n) for n, i in enumerate(ids)]}
+
+
+def instances() -> list[dict[str, Any]]:
+    reply = boto3.client("ec2").describe_instances(
+        Filters=[{"Name": "tag:service", "Values": ["autoretrain"]}]
+    )
+    return [i for r in reply["Reservations"] for i in r["Instances"]]
+
+
+def alarm_names() -> list[str]:
+    return [a["AlarmName"] for a in boto3.client("cloudwatch").describe_alarms()["MetricAlarms"]]
+
+
+class Recorder:
+    """A fake client that records every call and answers from canned replies."""
+
+    def __init__(self, replies: dict[str, list[Any]] | None = None) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.replies = replies or {}
+
+    def __getattr__(self, name: str):
+        def call(**kwargs: Any) -> Any:
+            self.calls.append((name, kwargs))
+            reply = self.replies.get(name, [{}]).pop(0) if self.replies.get(name) else {}
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+        return call
+
+
+def capacity_error(code: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "no capacity"}}, "RunInstances")
+
+
+def test_launch_makes_exactly_these_ec2_and_cloudwatch_calls(cfg: train.TrainSettings) -> None:
+    ec2 = Recorder({"run_instances": [{"Instances": [{"InstanceId": "i-0abc"}]}]})
+    cloudwatch = Recorder()
+    decision = train.process(
+        batch(cfg, ["a", "b", "c"])["Records"], cfg, train.Clients(boto3.client("dynamodb"), ec2, cloudwatch)
+    )
+    version = decision.launch
+    assert version and registry.is_version(version)
+    [(name, request)] = ec2.calls
+    assert name == "run_instances"
+    user_data = request.pop("UserData")
+    tags = [
+        {"Key": "service", "Value": "autoretrain"},
+        {"Key": "stage", "Value": "test"},
+        {"Key": "run_version", "Value": version},
+        {"Key": "Name", "Value": f"autoretrain-test-train-{version}"},
+    ]
+    assert request == {
+        "ImageId": "ami-12c6146b",
+        "InstanceType": "c5.large",
+        "MinCount": 1,
+        "MaxCount": 1,
+        "IamInstanceProfile": {"Arn": cfg.launch.instance_profile_arn},
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 2,
+        },
+        "Monitoring": {"Enabled": True},
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tags},
+            {"ResourceType": "volume", "Tags": tags},
+        ],
+        "InstanceMarketOptions": {
+            "MarketType": "spot",
+            "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+        },
+    }
+    assert f"-e RUN_VERSION={version}" in user_data and "-e EPOCHS=5" in user_data
+    [(name, alarm)] = cloudwatch.calls
+    assert name == "put_metric_alarm"
+    assert alarm == {
+        "AlarmName": f"autoretrain-test-train-{version}",
+        "AlarmDescription": f"terminates the idle training instance of run {version}",
+        "Namespace": "AWS/EC2",
+        "MetricName": "CPUUtilization",
+        "Dimensions": [{"Name": "InstanceId", "Value": "i-0abc"}],
+        "Statistic": "Average",
+        "Period": 60,
+        "EvaluationPeriods": 2,
+        "DatapointsToAlarm": 2,
+        "Threshold": 5.0,
+        "ComparisonOperator": "LessThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": ["arn:aws:automate:us-east-1:ec2:terminate"],
+        "Tags": [{"Key": "service", "Value": "autoretrain"}, {"Key": "run_version", "Value": version}],
+    }
+    run = registry.Registry(cfg.model_table).get_run(version)
+    assert run["status"] == "training" and run["instance_id"] == "i-0abc" and run["market"] == "spot"
+    assert run["hyperparameters"] == {"EPOCHS": "5", "SEED": "7"}
+
+
+@pytest.mark.parametrize("code", sorted(launch.SPOT_CAPACITY_ERRORS))
+def test_launch_falls_back_to_on_demand_when_spot_has_no_capacity(cfg, code: str) -> None:
+    ec2 = Recorder({"run_instances": [capacity_error(code), {"Instances": [{"InstanceId": "i-0od"}]}]})
+    assert launch.launch_instance(cfg.launch, "v20261123T091432Z-1a2b", "#!/bin/bash\n", ec2=ec2) == (
+        "i-0od",
+        "on-demand",
+    )
+    first, second = (kwargs for _, kwargs in ec2.calls)
+    assert "InstanceMarketOptions" in first and "InstanceMarketOptions" not in second
+
+
+def test_launch_failure_marks_the_run_failed_and_gives_the_lock_back(cfg) -> None:
+    ec2 = Recorder({"run_instances": [capacity_error("InsufficientInstanceCapacity")] * 2})
+    clients = train.Clients(boto3.client("dynamodb"), ec2, Recorder())
+    with pytest.raises(
+        Unavailable, match="could not launch a training instance: InsufficientInstanceCapacity"
+    ):
+        train.process(batch(cfg, ["d", "e", "f"], 10)["Records"], cfg, clients)
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder is None and state.pending_ids == ("d", "e", "f") and state.last_launch_at == 0
+    failed = [r for r in registry.Registry(cfg.model_table).list_runs()[0] if r["status"] == "failed"]
+    assert len(failed) == 1 and "InsufficientInstanceCapacity" in failed[0]["reason"]
+
+
+def test_trigger_waits_for_enough_new_samples(cfg) -> None:
+    assert train.handler(batch(cfg, ["a", "b"])) == {"batchItemFailures": []}
+    assert instances() == []
+    assert lock.LockStore(cfg.model_table).read().pending_ids == ("a", "b")
+
+
+@pytest.mark.parametrize("event", ["MODIFY", "REMOVE"])
+def test_trigger_does_not_count_changes_as_new_samples(cfg, event: str) -> None:
+    train.handler({"Records": [data_record(cfg, f"s{i}", i, event=event) for i in range(5)]})
+    assert instances() == [] and lock.LockStore(cfg.model_table).read().pending == 0
+
+
+def test_trigger_replayed_batches_launch_one_instance(cfg) -> None:
+    event = batch(cfg, ["a", "b", "c"])
+    for _ in range(4):
+        assert train.handler(event) == {"batchItemFailures": []}
+    assert len(instances()) == 1
+    version = lock.LockStore(cfg.model_table).read().holder
+    # the run finishes; the same records replayed afterwards are not new data
+    train.handler({"Records": [run_record(cfg, str(version), "published")]})
+    for _ in range(3):
+        train.handler(event)
+    assert len(instances()) == 1
+    assert lock.LockStore(cfg.model_table).read().holder is None
+
+
+def test_trigger_concurrent_batches_launch_one_instance(cfg) -> None:
+    barrier = threading.Barrier(6)
+    results: list[Any] = []
+
+    def deliver(n: int) -> None:
+        barrier.wait()
+        results.append(train.handler(batch(cfg, [f"s{n}-{i}" for i in range(3)], n * 10)))
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(instances()) == 1
+    assert len(registry.Registry(cfg.model_table).list_runs()[0]) == 1
+    assert all(r == {"batchItemFailures": []} for r in results)
+
+
+def test_trigger_data_during_a_run_is_picked_up_when_it_ends(cfg) -> None:
+    train.handler(batch(cfg, ["a", "b", "c"]))
+    first = lock.LockStore(cfg.model_table).read().holder
+    train.handler(batch(cfg, ["d", "e", "f"], 10))
+    assert len(instances()) == 1
+    registry.Registry(cfg.model_table).update_run(str(first), status="published")
+    train.handler({"Records": [run_record(cfg, str(first), "published")]})
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder not in (None, first) and len(instances()) == 2
+    assert f"autoretrain-test-train-{first}" not in alarm_names()
+    assert alarm_names() == [f"autoretrain-test-train-{state.holder}"]
+
+
+def test_trigger_respects_the_minimum_interval(cfg) -> None:
+    slow = train.TrainSettings(**{**cfg.__dict__, "min_interval_s": 3600})
+    clients = train.Clients.default()
+    train.process(batch(cfg, ["a", "b", "c"])["Records"], slow, clients)
+    version = lock.LockStore(cfg.model_table).read().holder
+    decision = train.process(
+        [run_record(cfg, str(version), "published")] + batch(cfg, ["d", "e", "f"], 10)["Records"],
+        slow,
+        clients,
+    )
+    assert decision.launch is None and "minimum" in str(decision.reason)
+    assert len(instances()) == 1
+
+
+def test_trigger_expired_lock_is_taken_over_and_its_run_failed(cfg) -> None:
+    train.handler(batch(cfg, ["a", "b", "c"]))
+    stale = lock.LockStore(cfg.model_table).read()
+    later = time.time() + cfg.lock_ttl_s + 1
+    decision = train.process(
+        batch(cfg, ["d", "e", "f"], 10)["Records"], cfg, train.Clients.default(), now=later
+    )
+    assert decision.launch and decision.stale and decision.stale.holder == stale.holder
+    old = registry.Registry(cfg.model_table).get_run(str(stale.holder))
+    assert old["status"] == "failed" and "lock" in old["reason"]
+    states = {i["InstanceId"]: i["State"]["Name"] for i in instances()}
+    assert states[str(stale.instance_id)] in ("shutting-down", "terminated")
+    assert alarm_names() == [f"autoretrain-test-train-{decision.launch}"]
+
+
+def test_trigger_terminated_instance_frees_the_lock_before_expiry(cfg) -> None:
+    train.handler(batch(cfg, ["a", "b", "c"]))
+    stale = lock.LockStore(cfg.model_table).read()
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(stale.instance_id)])  # the idle alarm did it
+    decision = train.process(batch(cfg, ["d", "e", "f"], 10)["Records"], cfg, train.Clients.default())
+    assert decision.launch
+    old = registry.Registry(cfg.model_table).get_run(str(stale.holder))
+    assert old["status"] == "interrupted"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MIN_NEW_SAMPLES", "0", "MIN_NEW_SAMPLES must be >= 1"),
+        ("TRAINER_IMAGE", "", "TRAINER_IMAGE is required"),
+        ("TRAINER_SETTINGS", "EPOCHS", "KEY=VALUE"),
+        ("INSTANCE_PROFILE_ARN", "", "INSTANCE_PROFILE_ARN is required"),
+    ],
+)
+def test_train_settings_reject_bad_configuration(
+    cfg, monkeypatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(Exception, match=message):
+        train.TrainSettings.from_env()
