@@ -1,0 +1,185 @@
+"""The local cloud's instance runner and alarm evaluator against a moto server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.localcloud import alarms, infra, instances
+from scripts.localcloud.driver import Context
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[Context]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    said: list[str] = []
+    context = Context(
+        stack=infra.load(stage="test"),
+        aws_endpoint=f"http://{host}:{port}",
+        api_url="http://127.0.0.1:1",
+        state_dir=tmp_path / "state",
+        invoke=lambda name, event: None,
+        say=said.append,
+    )
+    context.said = said  # type: ignore[attr-defined]
+    yield context
+    server.stop()
+
+
+def launch(ctx: Context, user_data: str = "#!/bin/bash\nsleep 600\n") -> str:
+    return ctx.client("ec2").run_instances(
+        ImageId="ami-12c6146b",
+        MinCount=1,
+        MaxCount=1,
+        UserData=user_data,
+        TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "service", "Value": "autoretrain"}]}
+        ],
+    )["Instances"][0]["InstanceId"]
+
+
+def idle_alarm(ctx: Context, instance_id: str, period: int = 2) -> None:
+    ctx.client("cloudwatch").put_metric_alarm(
+        AlarmName=f"idle-{instance_id}",
+        Namespace="AWS/EC2",
+        MetricName="CPUUtilization",
+        Dimensions=[{"Name": "InstanceId", "Value": instance_id}],
+        Statistic="Average",
+        Period=period,
+        EvaluationPeriods=2,
+        Threshold=5.0,
+        ComparisonOperator="LessThanThreshold",
+        TreatMissingData="notBreaching",
+        AlarmActions=["arn:aws:automate:us-east-1:ec2:terminate"],
+    )
+
+
+def report_cpu(ctx: Context, instance_id: str, value: float, ago_s: float) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    ctx.client("cloudwatch").put_metric_data(
+        Namespace="AWS/EC2",
+        MetricData=[
+            {
+                "MetricName": "CPUUtilization",
+                "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+                "Value": value,
+                "Unit": "Percent",
+                "Timestamp": datetime.now(UTC) - timedelta(seconds=ago_s),
+            }
+        ],
+    )
+
+
+def state(ctx: Context, instance_id: str) -> str:
+    reply = ctx.client("ec2").describe_instances(InstanceIds=[instance_id])
+    return reply["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+@pytest.mark.parametrize(
+    ("points", "missing", "expected"),
+    [
+        ([1.0, 2.0], "notBreaching", "ALARM"),
+        ([1.0, 50.0], "notBreaching", "OK"),
+        ([None, None], "notBreaching", "OK"),
+        ([None, None], "missing", "INSUFFICIENT_DATA"),
+        ([None, 1.0], "breaching", "ALARM"),
+    ],
+)
+def test_alarm_evaluate_follows_threshold_and_missing_data(
+    points: list[Any], missing: str, expected: str
+) -> None:
+    alarm = {
+        "EvaluationPeriods": 2,
+        "Threshold": 5.0,
+        "ComparisonOperator": "LessThanThreshold",
+        "TreatMissingData": missing,
+    }
+    assert alarms.evaluate(alarm, points) == expected
+
+
+@pytest.mark.slow
+def test_alarm_evaluator_terminates_an_idle_instance_and_spares_a_busy_one(ctx: Context) -> None:
+    idle, busy = launch(ctx), launch(ctx)
+    for instance_id in (idle, busy):
+        idle_alarm(ctx, instance_id, period=10)
+    for ago in (15, 5):
+        report_cpu(ctx, idle, 0.5, ago)
+        report_cpu(ctx, busy, 80.0, ago)
+    evaluator = alarms.AlarmEvaluator(every_s=0.2)
+    evaluator.start(ctx)
+    deadline = time.time() + 20
+    while state(ctx, idle) not in ("shutting-down", "terminated") and time.time() < deadline:
+        time.sleep(0.2)
+    evaluator.stop()
+    assert state(ctx, idle) in ("shutting-down", "terminated")
+    assert state(ctx, busy) == "running"
+    assert evaluator.terminated == [idle]
+    states = {
+        a["AlarmName"]: a["StateValue"] for a in ctx.client("cloudwatch").describe_alarms()["MetricAlarms"]
+    }
+    assert states == {f"idle-{idle}": "ALARM", f"idle-{busy}": "OK"}
+
+
+@pytest.mark.slow
+def test_instance_runner_runs_user_data_reports_cpu_and_serves_imds(ctx: Context, tmp_path: Path) -> None:
+    marker = tmp_path / "imds.txt"
+    script = (
+        "#!/bin/bash\nset -euo pipefail\n"
+        'token=$(python3 -c "import urllib.request as u,os;'
+        "print(u.urlopen(u.Request(os.environ['LOCALCLOUD_IMDS_ENDPOINT']+'/latest/api/token',method='PUT',"
+        "headers={'X-aws-ec2-metadata-token-ttl-seconds':'60'})).read().decode())\")\n"
+        'python3 -c "import urllib.request as u,os,sys;'
+        "print(u.urlopen(u.Request(os.environ['LOCALCLOUD_IMDS_ENDPOINT']+'/latest/meta-data/instance-id',"
+        f'headers={{\'X-aws-ec2-metadata-token\':sys.argv[1]}})).read().decode())" "$token" > {marker}\n'
+        "python3 -c 'import time\nt=time.time()\nwhile time.time()-t<3: pass'\n"
+        "shutdown -h now\n"
+    )
+    instance_id = launch(ctx, script)
+    runner = instances.InstanceRunner(poll_s=0.2, metric_period_s=0.5)
+    runner.start(ctx)
+    deadline = time.time() + 30
+    while instance_id not in runner.exit_codes and time.time() < deadline:
+        time.sleep(0.2)
+    runner.stop()
+    assert runner.exit_codes[instance_id] == 0
+    assert marker.read_text().strip() == instance_id
+    assert state(ctx, instance_id) in ("shutting-down", "terminated")
+    from datetime import UTC, datetime, timedelta
+
+    stats = ctx.client("cloudwatch").get_metric_statistics(
+        Namespace="AWS/EC2",
+        MetricName="CPUUtilization",
+        Dimensions=[{"Name": "InstanceId", "Value": instance_id}],
+        StartTime=datetime.now(UTC) - timedelta(minutes=5),
+        EndTime=datetime.now(UTC) + timedelta(minutes=1),
+        Period=60,
+        Statistics=["Maximum"],
+    )
+    assert max(p["Maximum"] for p in stats["Datapoints"]) > 20  # the busy loop showed up
+
+
+@pytest.mark.slow
+def test_instance_runner_kills_the_work_of_an_instance_terminated_from_outside(
+    ctx: Context, tmp_path: Path
+) -> None:
+    instance_id = launch(ctx, f"#!/bin/bash\nsleep 300\ntouch {tmp_path / 'survived'}\n")
+    runner = instances.InstanceRunner(poll_s=0.2, metric_period_s=0.3)
+    runner.start(ctx)
+    time.sleep(1.5)
+    ctx.client("ec2").terminate_instances(InstanceIds=[instance_id])
+    deadline = time.time() + 15
+    while instance_id not in runner.exit_codes and time.time() < deadline:
+        time.sleep(0.2)
+    runner.stop()
+    assert runner.exit_codes[instance_id] != 0
+    assert not (tmp_path / "survived").exists()
+    assert any("terminated from outside" in line for line in ctx.said)  # type: ignore[attr-defined]
