@@ -35,7 +35,7 @@ Say = Callable[[str], None]
 _RATE = re.compile(r"rate\(\s*(\d+)\s+(second|minute|hour|day)s?\s*\)")
 _CRON = re.compile(r"cron\((.+)\)")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-_MONTHS = {name: i for i, name in enumerate(calendar.month_abbr) if name}
+_MONTHS = {name.upper(): i for i, name in enumerate(calendar.month_abbr) if name}
 _DAYS = {"SUN": 1, "MON": 2, "TUE": 3, "WED": 4, "THU": 5, "FRI": 6, "SAT": 7}
 
 
@@ -58,13 +58,15 @@ def _field(text: str, low: int, high: int, names: dict[str, int] | None = None) 
     """The values a cron field allows; None means "any" (``*`` or ``?``)."""
     if text in {"*", "?"}:
         return None
-    if any(c in text for c in "LW#"):
+    if "#" in text:
         raise ScheduleError(f"cron field {text!r}: L, W and # are not supported locally")
 
     def value(token: str) -> int:
         token = token.upper()
         if names and token in names:
             return names[token]
+        if token[-1:] in {"L", "W"}:
+            raise ScheduleError(f"cron field {text!r}: L, W and # are not supported locally")
         if not token.isdigit():
             raise ScheduleError(f"cron field {text!r}: {token!r} is not a number or a known name")
         return int(token)
