@@ -18,12 +18,12 @@ ACTIVATIONS = ("relu", "tanh", "elu", "selu", "sigmoid")
 
 @dataclass(frozen=True)
 class HyperParameters:
-    epochs: int = 80
+    epochs: int = 100
     batch_size: int = 32
-    learning_rate: float = 0.01
+    learning_rate: float = 0.003
     hidden_units: tuple[int, ...] = (32, 16)
-    activation: str = "relu"
-    patience: int = 10
+    activation: str = "tanh"
+    patience: int = 20
     validation_fraction: float = 0.15
     seed: int = 42
 
@@ -58,7 +58,7 @@ class Settings:
         run_version = settings.optional(env, "RUN_VERSION", "") or None
         if run_version is not None and not is_version(run_version):
             raise ConfigError(f"environment variable RUN_VERSION is not a model version: {run_version!r}")
-        activation = settings.optional(env, "ACTIVATION", "relu")
+        activation = settings.optional(env, "ACTIVATION", "tanh")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"environment variable ACTIVATION must be one of {', '.join(ACTIVATIONS)}")
         validation_fraction = settings.number(env, "VALIDATION_FRACTION", 0.15, minimum=0.05)
@@ -74,12 +74,12 @@ class Settings:
             model_prefix=prefix if prefix.endswith("/") else prefix + "/",
             run_version=run_version,
             hyper=HyperParameters(
-                epochs=settings.integer(env, "EPOCHS", 80, minimum=1),
+                epochs=settings.integer(env, "EPOCHS", 100, minimum=1),
                 batch_size=settings.integer(env, "BATCH_SIZE", 32, minimum=1),
-                learning_rate=settings.number(env, "LEARNING_RATE", 0.01, minimum=1e-6),
+                learning_rate=settings.number(env, "LEARNING_RATE", 0.003, minimum=1e-6),
                 hidden_units=_units(settings.optional(env, "HIDDEN_UNITS", "32,16")),
                 activation=activation,
-                patience=settings.integer(env, "PATIENCE", 10, minimum=1),
+                patience=settings.integer(env, "PATIENCE", 20, minimum=1),
                 validation_fraction=validation_fraction,
                 seed=settings.integer(env, "SEED", 42, minimum=0),
             ),

@@ -90,10 +90,17 @@ class SpotWatcher:
                 return
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> SpotWatcher:
+    def start(self) -> None:
         self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.imds.timeout * 3 + 1)
+
+    def __enter__(self) -> SpotWatcher:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.imds.timeout * 3 + 1)
+        self.stop()

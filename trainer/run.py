@@ -123,8 +123,6 @@ def _train_and_publish(
     imds: Imds,
     started: float,
 ) -> tuple[str, int]:
-    from trainer import model as net  # TensorFlow loads here, after the cheap checks
-
     hyper = settings.hyper
     parts = data.split(
         samples,
@@ -138,14 +136,34 @@ def _train_and_publish(
     watcher = SpotWatcher(imds, settings.spot_poll_seconds)
     if imds.token() is None:
         log.log("imds_unreachable", endpoint=imds.endpoint, spot_polling=False)
-        trained, epochs = net.train(parts.train, parts.validation, hyper)
     else:
-        stop = net.StopWhen(lambda: watcher.noticed)
-        with watcher:
-            trained, epochs = net.train(parts.train, parts.validation, hyper, callbacks=[stop])
-            if watcher.noticed:
-                raise Interrupted
+        watcher.start()
+    try:
+        # The watcher runs until the upload is done: a notice after training still stops the
+        # run before anything is published.
+        return _fit_gate_publish(settings, version, parts, record, registry, s3, watcher, started)
+    finally:
+        watcher.stop()
+
+
+def _fit_gate_publish(
+    settings: Settings,
+    version: str,
+    parts: data.Split,
+    record: dict[str, Any],
+    registry: Registry,
+    s3: Any,
+    watcher: SpotWatcher,
+    started: float,
+) -> tuple[str, int]:
+    from trainer import model as net
+
+    hyper = settings.hyper
+    stop = net.StopWhen(lambda: watcher.noticed)
+    trained, epochs = net.train(parts.train, parts.validation, hyper, callbacks=[stop])
     record["epochs_run"] = epochs
+    if watcher.noticed:
+        raise Interrupted
     candidate = net.fold_normalization(trained)
 
     holdout_probabilities = net.predict(candidate, parts.holdout.x)
