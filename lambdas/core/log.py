@@ -22,7 +22,7 @@ def _configure() -> None:
     _LOGGER.propagate = False
 
 
-def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
+def log(event: str, level: int = logging.INFO, /, **fields: Any) -> None:
     """Write ``{"ts", "level", "event", **fields}`` as one JSON line."""
     _configure()
     if not _LOGGER.isEnabledFor(level):
