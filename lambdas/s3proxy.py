@@ -76,7 +76,10 @@ class Target:
 
 def check_path(version: Any, filename: Any) -> tuple[str, str]:
     """The allow-list. Anything but an exact match is refused, whatever its encoding."""
-    if not isinstance(version, str) or not (version == LATEST or registry.is_version(version)):
+    # isascii: the version pattern's \d would also accept other scripts' digits.
+    if not isinstance(version, str) or not version.isascii():
+        raise BadRequest(BAD_VERSION, version=_shown(version))
+    if not (version == LATEST or registry.is_version(version)):
         raise BadRequest(BAD_VERSION, version=_shown(version))
     if not isinstance(filename, str) or not FILENAME_PATTERN.fullmatch(filename):
         raise BadRequest(BAD_FILENAME, filename=_shown(filename))
