@@ -32,7 +32,7 @@ from lambdas.core.http import Event, Response, guarded, redirect, request_id
 
 LATEST = "latest"
 FILENAME_PATTERN = re.compile(
-    r"(?:model\.json|metadata\.json|group[1-9]\d{0,3}-shard[1-9]\d{0,3}of[1-9]\d{0,3}\.bin)"
+    r"model\.json|metadata\.json|group[1-9][0-9]{0,3}-shard[1-9][0-9]{0,3}of[1-9][0-9]{0,3}\.bin"
 )
 MAX_URL_EXPIRY_S = 300
 

@@ -144,6 +144,7 @@ BAD_FILENAMES = [
     "group1-shard1of1\u2024bin",  # one-dot leader, not a full stop
     "group\uff11-shard1of1.bin",  # fullwidth digit one
     "group\u0661-shard1of1.bin",  # Arabic-Indic digit one
+    "group1\u0661-shard1of1.bin",
     "g" * 5000 + ".bin",
 ]
 
