@@ -26,12 +26,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a function environment variable over serverless.yml (repeatable)",
+    )
+    parser.add_argument(
         "--function-log",
         type=Path,
         default=None,
         help="write the functions' log lines here instead of stdout",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for item in args.env:
+        if "=" not in item:
+            parser.error(f"--env expects NAME=VALUE, got {item!r}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         aws_port=args.aws_port,
         stage=args.stage,
         schedule_overrides={"traffic": {"enabled": False}} if args.no_traffic else None,
+        environment=dict(item.split("=", 1) for item in args.env),
         function_log=args.function_log,
     )
     try:
