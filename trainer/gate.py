@@ -38,24 +38,21 @@ def decide(
     With no latest yet, the candidate must reach ``min_accuracy``; otherwise it must reach
     ``baseline_accuracy - tolerance``. An empty holdout proves nothing and is rejected.
     """
-    common = {"candidate_accuracy": candidate_accuracy, "baseline_version": baseline_version}
     if candidate_accuracy is None:
-        return Decision(REJECT, "empty holdout: nothing to evaluate on", baseline_accuracy=None, **common)
+        return Decision(REJECT, "empty holdout: nothing to evaluate on", None, baseline_version)
     if baseline_version is None or baseline_accuracy is None:
-        if candidate_accuracy >= min_accuracy:
-            reason = f"first model: holdout accuracy {candidate_accuracy:.4f} >= minimum {min_accuracy:.4f}"
-            return Decision(PROMOTE, reason, **common)
-        reason = f"first model: holdout accuracy {candidate_accuracy:.4f} < minimum {min_accuracy:.4f}"
-        return Decision(REJECT, reason, **common)
+        passed = candidate_accuracy >= min_accuracy
+        reason = (
+            f"first model: holdout accuracy {candidate_accuracy:.4f} "
+            f"{'>=' if passed else '<'} minimum {min_accuracy:.4f}"
+        )
+        return Decision(PROMOTE if passed else REJECT, reason, candidate_accuracy, baseline_version)
     floor = baseline_accuracy - tolerance
-    verdict = ">=" if candidate_accuracy >= floor else "<"
+    passed = candidate_accuracy >= floor
     reason = (
-        f"holdout accuracy {candidate_accuracy:.4f} {verdict} {floor:.4f} "
+        f"holdout accuracy {candidate_accuracy:.4f} {'>=' if passed else '<'} {floor:.4f} "
         f"({baseline_version} {baseline_accuracy:.4f} - tolerance {tolerance:.4f})"
     )
     return Decision(
-        PROMOTE if candidate_accuracy >= floor else REJECT,
-        reason,
-        baseline_accuracy=baseline_accuracy,
-        **common,
+        PROMOTE if passed else REJECT, reason, candidate_accuracy, baseline_version, baseline_accuracy
     )
