@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,8 @@ class ServingStack:
         self.moto = ThreadedMotoServer("127.0.0.1", moto_port, verbose=False)
         self.moto.start()
         self.aws_endpoint = f"http://127.0.0.1:{moto_port}"
+        # An in-process moto server shares moto's global state: start from nothing.
+        urllib.request.urlopen(urllib.request.Request(f"{self.aws_endpoint}/moto-api/reset", method="POST"))
         self.api_url = f"http://127.0.0.1:{api_port}"
         self._set(
             AWS_ENDPOINT_URL=self.aws_endpoint,
