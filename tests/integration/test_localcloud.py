@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from scripts.localcloud import infra
-from scripts.localcloud.cloud import LocalCloud, LocalCloudError
+from scripts.localcloud.cloud import DRIVER_MODULES, LocalCloud, LocalCloudError
 from scripts.localcloud.scheduler import Cron, ScheduleError, rate_seconds, schedules
 
 ORIGINAL_PAYLOAD = [
@@ -363,3 +363,24 @@ def test_localcloud_stop_leaves_no_thread_port_file_or_variable_behind(tmp_path:
     assert "AWS_ENDPOINT_URL" not in os.environ
     assert "API_URL" not in os.environ
     cloud.stop()  # a second stop is harmless
+
+
+@pytest.mark.slow
+def test_localcloud_starts_the_drivers_after_the_core_and_stops_them_all(tmp_path: Path) -> None:
+    threads_before = set(threading.enumerate())
+    lines: list[str] = []
+    cloud = LocalCloud(
+        tmp_path / "state",
+        drivers=(*DRIVER_MODULES, "no_such_driver"),
+        schedule_overrides=QUIET,
+        function_log=tmp_path / "functions.log",
+        say=lines.append,
+    ).start()
+    names = [driver.name for driver in cloud.drivers]
+    assert cloud.context is not None
+    assert cloud.context.api_url == cloud.api_url
+    cloud.stop()
+
+    assert "alarms" in names and "instances" in names
+    assert "driver no_such_driver: scripts.localcloud.no_such_driver does not exist yet; skipped" in lines
+    assert set(threading.enumerate()) == threads_before
