@@ -1,0 +1,90 @@
+"""GET /models: newest first, paginated with a cursor, the latest marked; and the CLI table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from lambdas import models
+from lambdas.core import registry
+from scripts import models as models_cli
+
+VERSIONS = [f"v2026112{d}T0900{d}0Z-00a{d}" for d in range(5)]  # oldest first
+
+
+@pytest.fixture
+def runs(stack: Any) -> registry.Registry:
+    models.reset()
+    reg = registry.Registry(stack.physical["ModelTable"])
+    for i, version in enumerate(VERSIONS):
+        reg.create_run(version, sample_count=100 * (i + 1), hyperparameters={"units": 8})
+        status = "rejected" if i == 3 else "published"
+        reg.update_run(
+            version, status=status, metrics={"holdout": {"accuracy": 0.6 + i / 20, "loss": 0.9 - i / 10}}
+        )
+    reg.set_latest(VERSIONS[2], expected=None, reason="test", actor="test")
+    yield reg
+    models.reset()
+
+
+def get(query: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    out = models.handler({"httpMethod": "GET", "path": "/models", "queryStringParameters": query})
+    return out["statusCode"], json.loads(out["body"])
+
+
+def test_models_lists_newest_first_and_marks_latest(runs: registry.Registry) -> None:
+    status, body = get()
+    assert status == 200
+    assert [item["version"] for item in body["items"]] == VERSIONS[::-1]
+    assert body["latest"] == VERSIONS[2]
+    assert [item["latest"] for item in body["items"]] == [False, False, True, False, False]
+    assert body["items"][0]["sample_count"] == 500 and "pk" not in body["items"][0]
+
+
+def test_models_paginates_with_the_next_cursor(runs: registry.Registry) -> None:
+    seen: list[str] = []
+    query: dict[str, str] = {"limit": "2"}
+    for _ in range(4):
+        status, body = get(query)
+        assert status == 200 and len(body["items"]) <= 2
+        seen += [item["version"] for item in body["items"]]
+        if not body["next"]:
+            break
+        query = {"limit": "2", "cursor": body["next"]}
+    assert seen == VERSIONS[::-1]
+
+
+def test_models_before_any_run_is_an_empty_page(stack: Any) -> None:
+    models.reset()
+    assert get() == (200, {"items": [], "next": None, "latest": None})
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "message"),
+    [
+        ({"limit": "0"}, "limit", "limit must be an integer from 1 to 100"),
+        ({"limit": "101"}, "limit", "limit must be an integer from 1 to 100"),
+        ({"limit": "ten"}, "limit", "limit must be an integer from 1 to 100"),
+        ({"cursor": "../x"}, "cursor", "cursor must be the 'next' value of a previous page"),
+        ({"order": "asc"}, "order", "unknown query parameter 'order'"),
+    ],
+)
+def test_models_rejects_bad_query_parameters(
+    stack: Any, query: dict[str, str], field: str, message: str
+) -> None:
+    models.reset()
+    status, body = get(query)
+    assert status == 400 and body["field"] == field and body["message"].startswith(message)
+
+
+def test_models_cli_prints_a_table_newest_first(
+    runs: registry.Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert models_cli.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.lstrip("* ").startswith("v2026")]
+    assert [row.lstrip("* ").split()[0] for row in rows] == VERSIONS[::-1]
+    assert rows[2].startswith("*") and not rows[0].startswith("*")
+    assert "0.700" in rows[2]  # holdout accuracy of the latest
