@@ -289,3 +289,37 @@ def test_tfjs_model_matches_tensorflow_js_for_every_activation(tmp_path: Path) -
             expected = tfjs_predict(f"{base}/{folder.name}/model.json", x)
             diff = np.abs(load_numpy(folder).predict(x) - expected).max()
             assert diff <= 1e-5, f"{kind}: max abs diff {diff}"
+
+
+# the trainer's own models ---------------------------------------------------------------------
+
+TRAINER_ACTIVATIONS = ["tanh", "relu", "sigmoid", "elu", "selu", "gelu"]
+
+
+def trainer_model(activation: str) -> Any:
+    """Built, normalisation-folded as trainer/ does before export (weights untrained but seeded)."""
+    from trainer.config import HyperParameters
+    from trainer.model import build_model, fold_normalization
+
+    x = sample_inputs(256, seed=9)
+    hyper = HyperParameters(activation=activation, hidden_units=(16, 8), seed=5)
+    return fold_normalization(build_model(x.mean(axis=0), x.var(axis=0), hyper))
+
+
+@pytest.mark.slow
+def test_tfjs_model_matches_keras_and_tensorflow_js_on_trainer_models(tmp_path: Path) -> None:
+    from trainer.export import save_tfjs
+
+    x = sample_inputs(32)
+    expected_keras = {}
+    for i, activation in enumerate(TRAINER_ACTIVATIONS):
+        model = trainer_model(activation)
+        version = f"v20261123T0900{i:02d}Z-00{i:02d}"
+        save_tfjs(model, tmp_path / version, version)  # self-pinning paths: "../<version>/<shard>"
+        expected_keras[version] = model(x, training=False).numpy()
+    with static_server(tmp_path) as base:
+        for version, from_keras in expected_keras.items():
+            got = load_numpy(tmp_path / version).predict(x)
+            from_tfjs = tfjs_predict(f"{base}/{version}/model.json", x)
+            assert np.abs(got - from_keras).max() <= 1e-5, version
+            assert np.abs(got - from_tfjs).max() <= 1e-5, version
