@@ -33,6 +33,7 @@ def test_model_fold_normalization_keeps_the_function_and_drops_the_layer() -> No
     np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_train_fits_a_separable_toy_problem() -> None:
     rng = np.random.default_rng(1)
     x = rng.uniform([60, 20, 0, 0.3], [85, 70, 0.5, 1.2], size=(300, 4)).astype(np.float32)
