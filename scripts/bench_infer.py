@@ -311,13 +311,25 @@ def cold_start(body: str, env: dict[str, str], runs: int) -> dict[str, float]:
     }
 
 
+_PRUNABLE = ("tests", "f2py", "__pycache__")
+
+
 def numpy_footprint() -> dict[str, Any]:
+    """The installed numpy (the infer function's only dependency beyond the runtime's boto3),
+    in full and without what a package can leave out (tests, f2py, bytecode caches, stubs)."""
     import numpy
 
     folder = Path(numpy.__file__).parent
-    libs = folder.parent / "numpy.libs"
-    size = sum(p.stat().st_size for d in (folder, libs) if d.exists() for p in d.rglob("*") if p.is_file())
-    return {"numpy_version": numpy.__version__, "installed_mb": size / 1e6, "measured": str(folder)}
+    files = [
+        p for d in (folder, folder.parent / "numpy.libs") if d.exists() for p in d.rglob("*") if p.is_file()
+    ]
+    pruned = [p for p in files if not (set(p.parts) & set(_PRUNABLE)) and p.suffix != ".pyi"]
+    return {
+        "numpy_version": numpy.__version__,
+        "installed_mb": sum(p.stat().st_size for p in files) / 1e6,
+        "pruned_mb": sum(p.stat().st_size for p in pruned) / 1e6,
+        "measured": str(folder),
+    }
 
 
 def tfjs_node(model_url: str, batches: dict[str, Any], repeats: int) -> dict[str, Any]:
@@ -394,15 +406,15 @@ def _report(r: dict[str, Any]) -> str:
         lines += [row(f"TensorFlow model.predict, {n} input(s)", r[f"tf_predict_{n}"])]
         lines += [row(f"TensorFlow model(x), {n} input(s)", r[f"tf_call_{n}"])]
         lines += [row(f"TensorFlow.js (Node, cpu), {n} input(s)", r["tfjs_node"][n])]
-    c = r["cold_start"]
+    c, deps = r["cold_start"], r["dependencies"]
     lines += [
         f"cold start (new process -> first answer, via proxy): p50 {c['process_to_answer_ms_p50']:.0f} ms, "
         f"max {c['process_to_answer_ms_max']:.0f} ms (import {c['import_ms_p50']:.0f} ms, "
         f"load + first answer {c['first_answer_ms_p50']:.0f} ms)",
         f"TensorFlow.js load through the proxy: {r['tfjs_node']['load_ms']:.0f} ms",
         f"warm 1-input speed-up over TensorFlow.js in Node: {r['speedup_vs_tfjs_1']:.0f}x",
-        f"infer dependencies: numpy {r['dependencies']['numpy_version']} "
-        f"{r['dependencies']['installed_mb']:.1f} MB installed ({r['dependencies']['measured']})",
+        f"infer dependencies: numpy {deps['numpy_version']} {deps['installed_mb']:.1f} MB installed, "
+        f"{deps['pruned_mb']:.1f} MB without tests/f2py/caches/stubs ({deps['measured']})",
     ]
     return "\n".join(lines)
 
