@@ -61,7 +61,7 @@ demo: install
 	$(PY) -m scripts.demo
 
 local: install
-	$(PY) -m scripts.localcloud
+	$(PY) -m scripts.localcloud $(ARGS)
 
 bench: install
 	$(PY) -m scripts.bench_infer
