@@ -39,7 +39,7 @@ FAILED = "failed"
 INTERRUPTED = "interrupted"
 FINAL_STATUSES = frozenset({PUBLISHED, REJECTED, FAILED, INTERRUPTED})
 
-VERSION_PATTERN = re.compile(r"^v\d{8}T\d{6}Z-[0-9a-f]{4}$")
+VERSION_PATTERN = re.compile(r"^v[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}$")  # ASCII digits only
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
