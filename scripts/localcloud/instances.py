@@ -40,6 +40,10 @@ SERVICE_TAG = {"Name": "tag:service", "Values": ["autoretrain"]}
 ACTIVE = ["pending", "running"]
 # Replace the trainer command (e.g. one that hangs idle, to show the alarm at work).
 TRAINER_CMD_ENV = "LOCALCLOUD_TRAINER_CMD"
+# Written by the shutdown stand-in in the instance's HOME: the instance powered itself off.
+POWERED_OFF = "powered-off"
+# How long a powered-off instance's user-data may take to finish its last lines.
+POWER_OFF_GRACE_S = 5.0
 
 
 class Imds:
@@ -163,6 +167,9 @@ class InstanceRunner:
         self._seen: set[str] = set()
         self.imds: Imds | None = None
         self.exit_codes: dict[str, int] = {}
+        # How each instance ended: "shutdown" (its user-data powered it off) or "terminated"
+        # (from outside: the idle alarm, the train trigger, a test).
+        self.endings: dict[str, str] = {}
 
     def start(self, ctx: Context) -> None:
         local = dict(ctx.settings.get("instances") or {})
@@ -247,12 +254,24 @@ class InstanceRunner:
                 cpu = tree_cpu_percent(ps, self.metric_s)
                 self._publish(instance_id, cpu)
                 if self._stop.is_set() or self._state(instance_id) in ("shutting-down", "terminated"):
-                    killed = True
-                    _kill_group(proc)
+                    if not self._stop.is_set() and (workdir / POWERED_OFF).exists():
+                        # Its own shutdown: let the script's last lines run, as the OS would.
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            proc.wait(timeout=POWER_OFF_GRACE_S)
+                    if proc.poll() is None:
+                        killed = True
+                        _kill_group(proc)
                     break
             code = proc.wait()
         self.exit_codes[instance_id] = code
-        how = "was terminated from outside" if killed else f"user-data exited {code}"
+        powered_off = (workdir / POWERED_OFF).exists()
+        self.endings[instance_id] = "shutdown" if powered_off and not killed else "terminated"
+        if powered_off and not killed:
+            how = f"powered itself off (user-data exited {code})"
+        elif killed:
+            how = "was terminated from outside"
+        else:
+            how = f"user-data exited {code}"
         self.ctx.say(f"instance {instance_id}: {how} after {time.monotonic() - started:.1f}s")
 
     def _publish(self, instance_id: str, cpu: float) -> None:
