@@ -81,9 +81,11 @@ def _stream(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def make_samples(config: TrafficSettings, rng: np.random.Generator) -> list[dict[str, Any]]:
+def make_samples(
+    config: TrafficSettings, rng: np.random.Generator, *, now_ms: int | None = None
+) -> list[dict[str, Any]]:
     count = int(rng.integers(config.min_samples, config.max_samples + 1))
-    return comfort.generate(count, rng, config.label_noise)
+    return comfort.generate(count, rng, config.label_noise, now_ms=now_ms)
 
 
 Opener = Callable[..., Any]
