@@ -39,6 +39,9 @@ DEFAULT_CORS_HEADERS = (
 )
 
 Invoke = Callable[[str, dict[str, Any]], Any]
+# Files the page loads that come from npm (node_modules) rather than from web/, so that no
+# vendored copy is ever committed; a folder built by scripts/build_web.py holds its own copies.
+VENDOR_FILES = {"/vendor/tf.min.js": infra.ROOT / "node_modules/@tensorflow/tfjs/dist/tf.min.js"}
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,8 @@ class ApiServer(ThreadingHTTPServer):
             return False
         root = self.web_dir.resolve()
         target = (root / unquote(path).lstrip("/")).resolve()
+        if path in VENDOR_FILES and not target.is_file():
+            target = root = VENDOR_FILES[path]
         if target.is_dir():
             target = target / "index.html"
         if not target.is_relative_to(root) or not target.is_file():
