@@ -1,0 +1,207 @@
+"""The whole retraining loop on the local cloud, driven over HTTP like a client would.
+
+Samples go in through ``POST /upload`` (synthetic traffic off, so the data is known); the data
+table's stream reaches the train function, which launches a spot instance; the instance runner
+runs its real user-data and the trainer; the gate decides; the instance powers itself off;
+the model table's stream frees the lock and deletes the alarm; ``/infer`` and ``/s3proxy``
+serve the result. Deadlines are generous: the machine is shared, and nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+
+from lambdas.core import comfort, lock, registry
+from scripts.localcloud.cloud import LocalCloud
+
+NOISE = 0.05
+BATCH = 250  # above the local MIN_NEW_SAMPLES (200): one upload triggers one run
+DEADLINE_S = 240.0
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], seconds: float = DEADLINE_S) -> T:
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"gave up after {seconds:g} s waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[LocalCloud]:
+    said: list[str] = []
+    local = LocalCloud(
+        tmp_path / "state",
+        schedule_overrides={"traffic": {"enabled": False}},
+        function_log=tmp_path / "functions.log",
+        web_dir=None,
+        say=said.append,
+    )
+    with local:
+        local.said = said  # type: ignore[attr-defined]
+        yield local
+    assert not (tmp_path / "state" / "endpoints.json").exists()
+
+
+def upload(cloud: LocalCloud, n: int, seed: int) -> list[str]:
+    samples = comfort.generate(n, seed, NOISE)
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["written"] == n
+    return list(body["ids"])
+
+
+def runs(cloud: LocalCloud) -> dict[str, dict[str, Any]]:
+    listed, _ = registry.Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).list_runs(
+        limit=50
+    )
+    return {run["version"]: run for run in listed}
+
+
+def latest(cloud: LocalCloud) -> str | None:
+    return registry.Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).latest_version()
+
+
+def lock_state(cloud: LocalCloud) -> lock.LockState:
+    return lock.LockStore(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).read()
+
+
+def instances(cloud: LocalCloud) -> dict[str, str]:
+    reply = cloud.client("ec2").describe_instances(
+        Filters=[{"Name": "tag:service", "Values": ["autoretrain"]}]
+    )
+    return {i["InstanceId"]: i["State"]["Name"] for r in reply["Reservations"] for i in r["Instances"]}
+
+
+def alarms(cloud: LocalCloud) -> list[dict[str, Any]]:
+    return list(cloud.client("cloudwatch").describe_alarms()["MetricAlarms"])
+
+
+def driver(cloud: LocalCloud, name: str) -> Any:
+    return next(d for d in cloud.drivers if d.name == name)
+
+
+def finished_run(cloud: LocalCloud, exclude: set[str]) -> dict[str, Any] | None:
+    for version, run in runs(cloud).items():
+        if version not in exclude and run["status"] in registry.FINAL_STATUSES:
+            return run
+    return None
+
+
+def settled(cloud: LocalCloud) -> bool:
+    """No run in flight, every instance terminated, every alarm deleted."""
+    return (
+        lock_state(cloud).holder is None
+        and all(state == "terminated" for state in instances(cloud).values())
+        and not alarms(cloud)
+    )
+
+
+def infer_version(cloud: LocalCloud) -> str:
+    inputs = [
+        {"temp": 64.0, "rh": 40, "wind": 0.3, "clo": 0.4},
+        {"temp": 86.0, "rh": 60, "wind": 0.05, "clo": 1.0},
+    ]
+    reply = requests.post(f"{cloud.api_url}/infer", json=inputs, timeout=60)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert len(body["predictions"]) == len(inputs) == len(body["simpleResult"])
+    return str(body["version"])
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_retrain_e2e_two_cycles_publish_gate_and_clean_up(cloud: LocalCloud) -> None:
+    # Cycle 1: enough data for a first model, which must pass GATE_MIN_ACCURACY.
+    upload(cloud, BATCH, seed=1)
+    first = wait_for("the first run to finish", lambda: finished_run(cloud, set()))
+    wait_for("the first run to be cleaned up", lambda: settled(cloud))
+    a = first["version"]
+    assert first["status"] == registry.PUBLISHED, first.get("gate") or first.get("error")
+    assert latest(cloud) == a
+    assert first["sample_count"] >= 200
+    assert first["market"] == "spot" and first["instance_id"] in instances(cloud)
+    assert infer_version(cloud) == a
+
+    # Cycle 2: more data, a second run on all of it; latest moves only if the gate says so.
+    upload(cloud, BATCH, seed=2)
+    second = wait_for("the second run to finish", lambda: finished_run(cloud, {a}))
+    wait_for("the second run to be cleaned up", lambda: settled(cloud))
+    b = second["version"]
+    assert b != a and b > a
+    assert second["sample_count"] > first["sample_count"]
+    assert second["gate"]["baseline_version"] == a
+    assert second["status"] in (registry.PUBLISHED, registry.REJECTED)
+    assert latest(cloud) == (b if second["status"] == registry.PUBLISHED else a)
+    assert set(runs(cloud)) == {a, b}
+
+    # Every instance was launched once, powered itself off, and left no alarm behind.
+    states = instances(cloud)
+    assert set(states) == {first["instance_id"], second["instance_id"]}
+    assert set(states.values()) == {"terminated"}
+    runner = driver(cloud, "instances")
+    wait_for("the instance runner to see both instances end", lambda: len(runner.endings) == 2)
+    assert runner.endings == {first["instance_id"]: "shutdown", second["instance_id"]: "shutdown"}
+    assert runner.exit_codes == {first["instance_id"]: 0, second["instance_id"]: 0}
+    assert alarms(cloud) == []
+    assert driver(cloud, "alarms").terminated == []
+
+    # Serving follows latest: /infer (its cache refreshes within MODEL_REFRESH_S) and the proxy.
+    current = latest(cloud)
+    wait_for("/infer to answer with the latest version", lambda: infer_version(cloud) == current, 120)
+    reply = requests.get(f"{cloud.api_url}/s3proxy/latest/model.json", allow_redirects=False, timeout=30)
+    assert reply.status_code == 302
+    assert f"/models/{current}/model.json?" in reply.headers["Location"]
+    model = requests.get(reply.headers["Location"], timeout=30).json()
+    paths = [p for group in model["weightsManifest"] for p in group["paths"]]
+    assert paths and all(p.startswith(f"../{current}/") for p in paths)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_retrain_e2e_hung_trainer_is_terminated_by_its_alarm_and_the_run_recovers(
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The "container" sleeps with no CPU: only the idle alarm can end this instance.
+    monkeypatch.setenv(
+        "LOCALCLOUD_TRAINER_CMD", f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(900)'"
+    )
+    upload(cloud, BATCH, seed=3)
+    hung = wait_for(
+        "a run with an instance", lambda: next((r for r in runs(cloud).values() if "instance_id" in r), None)
+    )
+    instance_id = hung["instance_id"]
+    evaluator = driver(cloud, "alarms")
+    wait_for("the idle alarm to terminate the instance", lambda: instance_id in evaluator.terminated)
+    wait_for("the instance to be terminated", lambda: instances(cloud)[instance_id] == "terminated")
+    runner = driver(cloud, "instances")
+    wait_for("the instance runner to stop the hung work", lambda: instance_id in runner.endings)
+    assert runner.endings[instance_id] == "terminated"
+    assert runs(cloud)[hung["version"]]["status"] == registry.TRAINING  # nothing told the run yet
+
+    # New data wants a run: the trigger sees the dead instance, ends the hung run, frees the
+    # lock long before its expiry, and the next (real) trainer publishes.
+    monkeypatch.delenv("LOCALCLOUD_TRAINER_CMD")
+    upload(cloud, BATCH, seed=4)
+    recovered = wait_for("the next run to finish", lambda: finished_run(cloud, {hung["version"]}))
+    wait_for("everything to be cleaned up", lambda: settled(cloud))
+    after = runs(cloud)[hung["version"]]
+    assert after["status"] == registry.INTERRUPTED
+    assert after["reason"] == "the instance was gone before the run finished"
+    assert recovered["status"] == registry.PUBLISHED
+    assert latest(cloud) == recovered["version"]
+    assert set(instances(cloud)) == {instance_id, recovered["instance_id"]}
+    assert alarms(cloud) == []
+    assert lock_state(cloud).holder is None
