@@ -63,3 +63,15 @@ def dynamodb(stack: infra.Stack):
 @pytest.fixture
 def s3(stack: infra.Stack):
     return boto3.client("s3", region_name=REGION)
+
+
+@pytest.fixture
+def moto_server() -> Iterator[str]:
+    """A moto server on an ephemeral loopback port, emptied first (moto's state is per
+    process, so an earlier test's resources would otherwise still be there). Yields its URL."""
+    from scripts.localcloud.motoserver import MotoServer
+
+    server = MotoServer().start()
+    server.reset()
+    yield server.url
+    server.stop()

@@ -14,16 +14,11 @@ from scripts.localcloud.driver import Context
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Context]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+def ctx(tmp_path: Path, moto_server: str) -> Iterator[Context]:
     said: list[str] = []
     context = Context(
         stack=infra.load(stage="test"),
-        aws_endpoint=f"http://{host}:{port}",
+        aws_endpoint=moto_server,
         api_url="http://127.0.0.1:1",
         state_dir=tmp_path / "state",
         invoke=lambda name, event: None,
@@ -31,7 +26,6 @@ def ctx(tmp_path: Path) -> Iterator[Context]:
     )
     context.said = said  # type: ignore[attr-defined]
     yield context
-    server.stop()
 
 
 def launch(ctx: Context, user_data: str = "#!/bin/bash\nsleep 600\n") -> str:

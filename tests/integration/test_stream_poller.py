@@ -12,7 +12,6 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
 
 from lambdas import train
 from lambdas.core import aws, lock, registry
@@ -47,16 +46,8 @@ def key_of(record: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # moto's state is per process: forget what an earlier test left (a sample id written
-    # again would reach the stream as a MODIFY).
-    requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_server: str) -> Iterator[Context]:
+    endpoint = moto_server
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the train handler's clients, too
     aws.reset()
     stack = infra.create_resources(infra.load(stage="test"), boto3.Session())
@@ -72,7 +63,6 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
     )
     context.said = said  # type: ignore[attr-defined]
     yield context
-    server.stop()
 
 
 @pytest.fixture
