@@ -5,6 +5,7 @@ import { holdoutAccuracy, renderChart, shortVersion } from "./chart.js";
 // The model's input order and output order (lambdas/core/schema.py).
 const FEATURES = ["temp", "rh", "wind", "clo"];
 const LABELS = ["cold", "ok", "warm"];
+const UNITS = { temp: "°F", rh: "%", wind: "m/s", clo: "clo" };
 const POLL_MS = 10_000;
 const NO_MODEL = "No model has been published yet. Say how you feel below: once enough samples " +
   "have arrived a model is trained, and it appears here by itself.";
@@ -319,8 +320,9 @@ async function sendFeeling(label, button) {
     const result = await upload([sample]);
     const id = (result.ids || [])[0] || "";
     feedback.dataset.sampleId = id;
-    setStatus(feedback, `Thank you: recorded "${label}" at ${inputs.temp} °F, ${inputs.rh} %, ` +
-      `${inputs.wind} m/s, ${inputs.clo} clo. It will count in the next training run.`, "ok");
+    const shown = FEATURES.map((name) => `${$(`${name}-value`).textContent} ${UNITS[name]}`).join(", ");
+    setStatus(feedback, `Thank you: recorded "${label}" at ${shown}. It will count in the next ` +
+      "training run.", "ok");
   } catch (err) {
     feedback.dataset.sampleId = "";
     const where = err instanceof ApiError && err.field ? ` (field "${err.field}")` : "";
@@ -341,6 +343,11 @@ async function main() {
   $("inputs").addEventListener("input", predict);
   $("inputs").addEventListener("submit", (event) => event.preventDefault());
   $("refresh").addEventListener("click", () => checkForModel());
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => renderChart($("chart"), state.runs), 100);
+  });
   for (const button of document.querySelectorAll(".feel-button")) {
     button.addEventListener("click", () => sendFeeling(button.dataset.label, button));
   }

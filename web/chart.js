@@ -2,9 +2,11 @@
 // training run, drawn as inline SVG: one <g class="version"> per run, oldest on the left.
 
 const SVG = "http://www.w3.org/2000/svg";
-const WIDTH = 720;
+// The drawing is as wide as its box in CSS pixels, so its text keeps its size on a phone.
+const MIN_WIDTH = 320;
+const DEFAULT_WIDTH = 720;
 const HEIGHT = 280;
-const M = { top: 34, right: 64, bottom: 46, left: 52 };
+const M = { top: 34, right: 56, bottom: 46, left: 48 };
 
 function el(name, attrs = {}, text) {
   const node = document.createElementNS(SVG, name);
@@ -47,6 +49,7 @@ function describe(run) {
 // runs: the items of GET /models (newest first, as the API lists them).
 export function renderChart(container, runs) {
   container.replaceChildren();
+  const WIDTH = Math.max(MIN_WIDTH, Math.floor(container.clientWidth) || DEFAULT_WIDTH);
   const ordered = [...runs].reverse();
   if (ordered.length === 0) {
     const p = document.createElement("p");
@@ -101,8 +104,10 @@ export function renderChart(container, runs) {
   });
   svg.append(bars);
 
+  // The line joins the models that were published (served at some time); rejected candidates
+  // and unfinished runs stand apart as their own marks.
   const withAccuracy = ordered
-    .map((run, i) => [i, holdoutAccuracy(run)])
+    .map((run, i) => [i, run.status === "published" ? holdoutAccuracy(run) : null])
     .filter(([, a]) => a !== null);
   if (withAccuracy.length > 1) {
     svg.append(el("polyline", {
@@ -111,7 +116,7 @@ export function renderChart(container, runs) {
     }));
   }
 
-  const labelEvery = Math.ceil(ordered.length / 8);
+  const labelEvery = Math.ceil(ordered.length / Math.max(2, Math.floor(plotW / 90)));
   ordered.forEach((run, i) => {
     const accuracy = holdoutAccuracy(run);
     const classes = ["version", run.status];

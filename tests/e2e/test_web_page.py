@@ -117,6 +117,58 @@ def test_build_web_refuses_to_replace_a_folder_it_did_not_build(tmp_path: Path) 
 # --- the page in a browser ------------------------------------------------------------------
 
 
+def _quiet_cloud(state: Path) -> LocalCloud:
+    """A local cloud where nothing happens unless the test does it: no drivers, no traffic."""
+    return LocalCloud(
+        state,
+        drivers=(),
+        schedule_overrides={"traffic": {"enabled": False}},
+        function_log=state / "functions.log",
+        say=lambda line: None,
+    )
+
+
+def _drive(api: str, spec: dict[str, Any], folder: Path) -> subprocess.Popen[str]:
+    (folder / "spec.json").write_text(json.dumps(spec))
+    return subprocess.Popen(
+        ["node", str(PAGE_TEST), f"{api}/", str(folder / "spec.json")],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _report(stdout: str) -> dict[str, Any]:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+# Runs before the module's shared cloud starts: one local cloud per process at a time.
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_web_page_without_a_model_says_so_and_still_takes_feedback(tmp_path: Path) -> None:
+    with _quiet_cloud(tmp_path / "state") as cloud:
+        api = cloud.api_url
+        with pytest.raises(urllib.error.HTTPError) as infer:
+            _post_json(f"{api}/infer", [{"temp": 75, "rh": 45, "wind": 0.15, "clo": 0.7}])
+        assert infer.value.code == 503
+        proc = _drive(api, {"inputs": [], "feel": "ok", "screenshots": {}}, tmp_path)
+        stdout, stderr = proc.communicate(timeout=90)
+        assert proc.returncode == 0, stderr
+        report = _report(stdout)
+        assert report["pageErrors"] == []
+        assert report["version"] == ""
+        assert report["status"].startswith("No model has been published yet.")
+        assert report["predictions"] == []
+        assert report["chart"] == {"points": [], "label": None, "tableRows": 0}
+        assert report["feedback"]["kind"] == "ok", report["feedback"]["text"]
+        item = cloud.client("dynamodb").get_item(
+            TableName=cloud.stack.table_name("DataTable"), Key={"id": {"S": report["feedback"]["id"]}}
+        )["Item"]
+        assert item["label"] == {"S": "ok"}
+
+
 @dataclass
 class World:
     cloud: LocalCloud
@@ -140,14 +192,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from trainer.config import Settings
     from trainer.run import run
 
-    state = tmp_path_factory.mktemp("cloud")
-    cloud = LocalCloud(
-        state,
-        drivers=(),
-        schedule_overrides={"traffic": {"enabled": False}},
-        function_log=state / "functions.log",
-        say=lambda line: None,
-    )
+    cloud = _quiet_cloud(tmp_path_factory.mktemp("cloud"))
     with cloud, FakeImds(instance_id="i-0web0page0000001") as imds:
         env = {
             k: str(cloud.stack.resolve_intrinsics(v))
@@ -246,16 +291,8 @@ def browsed(world: World, tmp_path_factory: pytest.TempPathFactory) -> Browsed:
         "screenshots": {"wide": [str(shots[0])], "narrow": [str(shots[1])]},
         "pauseForSwitch": True,
     }
-    (out / "spec.json").write_text(json.dumps(spec))
     api = world.cloud.api_url
-    proc = subprocess.Popen(
-        ["node", str(PAGE_TEST), f"{api}/", str(out / "spec.json")],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _drive(api, spec, out)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         line = proc.stdout.readline()
@@ -277,7 +314,7 @@ def browsed(world: World, tmp_path_factory: pytest.TempPathFactory) -> Browsed:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stderr
-    report = json.loads(stdout.strip().splitlines()[-1])
+    report = _report(stdout)
     for shot in shots:
         shutil.copy(shot, artifacts / shot.name)
     return Browsed(report, ready, infer, shots)

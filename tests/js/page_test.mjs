@@ -97,6 +97,31 @@ async function chart(page) {
   }));
 }
 
+// The chart is redrawn at its box's width after a resize.
+async function chartFits(page) {
+  await page.waitForFunction(() => {
+    const box = document.getElementById("chart");
+    const svg = box.querySelector("svg");
+    if (!svg) return true;
+    return Number(svg.getAttribute("viewBox").split(" ")[2]) === Math.max(320, Math.floor(box.clientWidth));
+  }, null, { timeout: WAIT_MS });
+}
+
+// A focused slider moves by its step with the arrow keys, and the prediction follows.
+async function keyboard(page, report) {
+  await page.focus("#temp");
+  const before = await page.inputValue("#temp");
+  await page.keyboard.press("ArrowRight");
+  await page.keyboard.press("ArrowRight");
+  await page.waitForFunction(
+    (b) => JSON.parse(document.getElementById("predicted-label").dataset.inputs)[0] !== Number(b),
+    before,
+    { timeout: WAIT_MS },
+  );
+  const after = Number(await page.inputValue("#temp"));
+  report.keyboard = { before: Number(before), after, prediction: await shownPrediction(page) };
+}
+
 async function feel(page, label) {
   await page.evaluate(() => {
     const box = document.getElementById("feedback");
@@ -146,30 +171,20 @@ async function main() {
       report.predictions.push(await shownPrediction(page));
     }
 
-    // Keyboard: a focused slider moves by its step with the arrow keys, and the prediction follows.
-    await page.focus("#temp");
-    const before = await page.inputValue("#temp");
-    await page.keyboard.press("ArrowRight");
-    await page.keyboard.press("ArrowRight");
-    await page.waitForFunction(
-      (b) => JSON.parse(document.getElementById("predicted-label").dataset.inputs)[0] !== Number(b),
-      before,
-      { timeout: WAIT_MS },
-    );
-    report.keyboard = { before: Number(before), after: Number(await page.inputValue("#temp")),
-      prediction: await shownPrediction(page) };
-
-    // A real sample, through the real API.
-    await setInputs(page, spec.inputs[0]);
-    report.feedback = await feel(page, spec.feel);
-    // The real API's answer to an invalid sample: the request leaves the page with rh = 120.
-    await page.route("**/upload", async (route) => {
-      const body = JSON.parse(route.request().postData());
-      body[0].rh = 120;
-      await route.continue({ postData: JSON.stringify(body) });
-    });
-    report.rejected = await feel(page, "cold");
-    await page.unroute("**/upload");
+    if (report.version) await keyboard(page, report);
+    if (spec.feel) {
+      if (spec.inputs.length) await setInputs(page, spec.inputs[0]);
+      // The real API's answer to an invalid sample: the request leaves the page with rh = 120.
+      await page.route("**/upload", async (route) => {
+        const body = JSON.parse(route.request().postData());
+        body[0].rh = 120;
+        await route.continue({ postData: JSON.stringify(body) });
+      });
+      report.rejected = await feel(page, "cold");
+      await page.unroute("**/upload");
+      // A real sample, through the real API.
+      report.feedback = await feel(page, spec.feel);
+    }
 
     report.metrics = await page.evaluate(() =>
       Object.fromEntries([...document.querySelectorAll("#metrics dd[data-field]")].map((dd) => [dd.dataset.field, dd.textContent])),
@@ -179,6 +194,7 @@ async function main() {
 
     for (const path of spec.screenshots?.wide ?? []) await page.screenshot({ path, fullPage: true });
     await page.setViewportSize({ width: 390, height: 844 });
+    await chartFits(page);
     report.narrow = await page.evaluate(() => ({
       scrollWidth: document.documentElement.scrollWidth,
       innerWidth: window.innerWidth,
