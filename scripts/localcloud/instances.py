@@ -260,7 +260,7 @@ class InstanceRunner:
                             proc.wait(timeout=POWER_OFF_GRACE_S)
                     if proc.poll() is None:
                         killed = True
-                        _kill_group(proc)
+                        _kill_tree(proc)
                     break
             code = proc.wait()
         self.exit_codes[instance_id] = code
@@ -291,9 +291,20 @@ class InstanceRunner:
             self.ctx.say(f"instances: could not publish CPU of {instance_id}: {err!r}")
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the user-data and everything it started, as a terminated machine would. The
+    process group is not enough: GNU timeout (which runs the trainer) moves itself and its
+    children into a group of their own, so the descendants are collected first."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(descendants, timeout=5)
 
 
 def create_instance_profiles(ctx: Context) -> None:
