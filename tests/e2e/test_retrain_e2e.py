@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import pytest
 import requests
 
@@ -172,12 +173,12 @@ def test_retrain_e2e_two_cycles_publish_gate_and_clean_up(cloud: LocalCloud) -> 
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_retrain_e2e_hung_trainer_is_terminated_by_its_alarm_and_the_run_recovers(
-    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # The "container" sleeps with no CPU: only the idle alarm can end this instance.
-    monkeypatch.setenv(
-        "LOCALCLOUD_TRAINER_CMD", f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(900)'"
-    )
+    pid_file = tmp_path / "hung.pid"
+    hang = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(900)"
+    monkeypatch.setenv("LOCALCLOUD_TRAINER_CMD", f"{shlex.quote(sys.executable)} -c {shlex.quote(hang)}")
     upload(cloud, BATCH, seed=3)
     hung = wait_for(
         "a run with an instance", lambda: next((r for r in runs(cloud).values() if "instance_id" in r), None)
@@ -189,6 +190,8 @@ def test_retrain_e2e_hung_trainer_is_terminated_by_its_alarm_and_the_run_recover
     runner = driver(cloud, "instances")
     wait_for("the instance runner to stop the hung work", lambda: instance_id in runner.endings)
     assert runner.endings[instance_id] == "terminated"
+    hung_pid = int(pid_file.read_text())
+    assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == psutil.STATUS_ZOMBIE
     assert runs(cloud)[hung["version"]]["status"] == registry.TRAINING  # nothing told the run yet
 
     # New data wants a run: the trigger sees the dead instance, ends the hung run, frees the
