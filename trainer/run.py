@@ -2,14 +2,17 @@
 
 Exit codes (also in trainer/README.md):
 
-- 0: a model was trained and recorded: ``published`` (latest moved) or ``rejected`` (gate);
-- 1: the run failed (an error, recorded on the run as ``failed`` when the table is reachable),
-  or the configuration is invalid;
+- 0: a model was trained and recorded: ``published`` (latest moved) or ``rejected`` (gate,
+  or latest is pinned: ``gate.decision`` is then ``pinned``);
+- 1: the run failed (an error, recorded on the run as ``failed`` when the table is reachable;
+  also when the uploaded model does not load or predict like the trained one), or the
+  configuration is invalid;
 - 2: not enough data (fewer than MIN_SAMPLES usable samples); nothing was published;
 - 3: a spot interruption notice arrived; the run is ``interrupted``, nothing was published.
 
 Whatever happens short of the process being killed, a run item this trainer works on ends in a
-final status: the train trigger watches for that.
+final status: the train trigger watches for that. Each final status is announced on the
+notifications topic (``NOTIFY_TOPIC_ARN``; none set: nothing is sent).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lambdas.core import aws, log
+from lambdas.core import aws, log, notify
+from lambdas.core import settings as env_settings
 from lambdas.core.errors import AutoretrainError, Conflict, NotFound
 from lambdas.core.registry import (
     FAILED,
+    FINAL_STATUSES,
     INTERRUPTED,
     PUBLISHED,
     REJECTED,
@@ -47,6 +52,29 @@ class Interrupted(Exception):
     """A spot interruption notice arrived: stop, publish nothing."""
 
 
+class LoadCheckFailed(Exception):
+    """The uploaded model does not load, or predicts differently, the way clients load it."""
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """What the release step needs beyond the trainer's settings: where clients load models
+    from (``API_URL``, optional: without it the load check reads S3 through the same
+    manifest resolution) and where outcomes are announced."""
+
+    api_url: str | None = None
+    notifications: notify.NotifySettings = field(default_factory=lambda: notify.NotifySettings(None))
+
+    @classmethod
+    def from_env(cls, env: env_settings.Env | None = None) -> ReleaseSettings:
+        env = env_settings.environ() if env is None else env
+        api_url = env_settings.optional(env, "API_URL", "") or None
+        return cls(
+            api_url=api_url.rstrip("/") if api_url else None,
+            notifications=notify.NotifySettings.from_env(env),
+        )
+
+
 @dataclass
 class Outcome:
     version: str
@@ -55,8 +83,17 @@ class Outcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def run(settings: Settings, *, ddb: Any = None, s3: Any = None, imds: Imds | None = None) -> Outcome:
+def run(
+    settings: Settings,
+    *,
+    ddb: Any = None,
+    s3: Any = None,
+    imds: Imds | None = None,
+    release: ReleaseSettings | None = None,
+    sns: Any = None,
+) -> Outcome:
     """Train, export, gate and record one run. Never raises for a failure of the run itself."""
+    release = ReleaseSettings.from_env() if release is None else release
     ddb = ddb or aws.dynamodb()
     s3 = s3 or aws.s3()
     imds = imds or Imds(settings.imds_endpoint, settings.imds_timeout)
@@ -87,7 +124,7 @@ def run(settings: Settings, *, ddb: Any = None, s3: Any = None, imds: Imds | Non
         else:
             run_recorded = _ensure_run(registry, version, record)
             status, exit_code = _train_and_publish(
-                settings, version, samples, record, registry, s3, imds, started
+                settings, version, samples, record, registry, s3, imds, started, release
             )
     except Interrupted:
         status, exit_code = INTERRUPTED, EXIT_INTERRUPTED
@@ -99,7 +136,29 @@ def run(settings: Settings, *, ddb: Any = None, s3: Any = None, imds: Imds | Non
     finally:
         if status in (FAILED, INTERRUPTED) and (run_recorded or not own_run):
             _record_final(registry, version, status, record, started, create=not run_recorded)
+        if status in FINAL_STATUSES and (run_recorded or not own_run):
+            _announce(version, status, record, release, sns)
     return _finish(version, status, exit_code, record, started)
+
+
+def _announce(version: str, status: str, record: dict[str, Any], release: ReleaseSettings, sns: Any) -> None:
+    gate_record = record.get("gate") or {}
+    metrics = {
+        split: {k: values.get(k) for k in ("accuracy", "loss", "count")}
+        for split, values in (record.get("metrics") or {}).items()
+    }
+    if gate_record.get("baseline_accuracy") is not None:
+        metrics["baseline_holdout_accuracy"] = gate_record["baseline_accuracy"]
+    notify.run_outcome(
+        version,
+        status,
+        previous=record.get("baseline_version"),
+        reason=record.get("error") or gate_record.get("reason"),
+        metrics=metrics,
+        actor="gate" if status in (PUBLISHED, REJECTED) else "trainer",
+        cfg=release.notifications,
+        client=sns,
+    )
 
 
 def _ensure_run(registry: Registry, version: str, record: dict[str, Any]) -> bool:
@@ -122,6 +181,7 @@ def _train_and_publish(
     s3: Any,
     imds: Imds,
     started: float,
+    release: ReleaseSettings,
 ) -> tuple[str, int]:
     hyper = settings.hyper
     parts = data.split(
@@ -141,7 +201,7 @@ def _train_and_publish(
     try:
         # The watcher runs until the upload is done: a notice after training still stops the
         # run before anything is published.
-        return _fit_gate_publish(settings, version, parts, record, registry, s3, watcher, started)
+        return _fit_gate_publish(settings, version, parts, record, registry, s3, watcher, started, release)
     finally:
         watcher.stop()
 
@@ -155,6 +215,7 @@ def _fit_gate_publish(
     s3: Any,
     watcher: SpotWatcher,
     started: float,
+    release: ReleaseSettings,
 ) -> tuple[str, int]:
     from trainer import model as net
 
@@ -174,7 +235,9 @@ def _fit_gate_publish(
     }
     log.log("evaluated", version=version, **{k: v.get("accuracy") for k, v in record["metrics"].items()})
 
-    baseline_version = registry.latest_version()
+    pointer = registry.latest()
+    baseline_version = str(pointer["version"]) if pointer else None
+    pinned = bool(pointer and pointer.get("pinned"))
     baseline_accuracy = None
     if baseline_version is not None and len(parts.holdout):
         baseline = export.load_published(s3, settings.model_bucket, settings.model_prefix, baseline_version)
@@ -185,7 +248,9 @@ def _fit_gate_publish(
         baseline_accuracy=baseline_accuracy,
         tolerance=settings.gate_tolerance,
         min_accuracy=settings.gate_min_accuracy,
+        pinned=pinned,
     )
+    record["baseline_version"] = baseline_version  # the latest this run was compared with
 
     if watcher.noticed:
         raise Interrupted
@@ -206,6 +271,26 @@ def _fit_gate_publish(
             s3, settings.model_bucket, settings.model_prefix, version, files, meta
         )
 
+    # Every uploaded candidate is read back the way clients read it, promoted or not: a
+    # rejected run may be promoted by hand later, and must be known to load.
+    check_rows = parts.holdout.x if len(parts.holdout) else parts.validation.x
+    expected = holdout_probabilities if len(parts.holdout) else net.predict(candidate, check_rows)
+    check = gate.load_check(
+        version,
+        check_rows,
+        expected,
+        api_url=release.api_url,
+        bucket=settings.model_bucket,
+        prefix=settings.model_prefix,
+        table=settings.model_table,
+        s3=s3,
+        ddb=registry.ddb,
+    )
+    record["load_check"] = check.to_dict()
+    log.log("load_check", version=version, **check.to_dict())
+    if not check.ok:
+        raise LoadCheckFailed(check.reason)
+
     gate_record = decision.to_dict()
     status = REJECTED
     if decision.promote:
@@ -213,7 +298,12 @@ def _fit_gate_publish(
             registry.set_latest(version, expected=baseline_version, reason=decision.reason, actor="gate")
             status = PUBLISHED
         except Conflict as err:
-            gate_record.update(decision=gate.REJECT, reason=f"latest moved during the run: {err.message}")
+            if err.details.get("pinned"):
+                gate_record.update(
+                    decision=gate.PINNED, reason=f"not promoted: pinned during the run: {err.message}"
+                )
+            else:
+                gate_record.update(decision=gate.REJECT, reason=f"latest moved during the run: {err.message}")
     record["gate"] = gate_record
     record["promoted"] = status == PUBLISHED
     _record_final(registry, version, status, record, started)
@@ -266,7 +356,8 @@ def _iso(epoch: float) -> str:
 def main() -> int:
     try:
         settings = Settings.from_env()
+        release = ReleaseSettings.from_env()
     except AutoretrainError as err:
         log.error("run_summary", status="config_error", exit_code=EXIT_FAILED, error=err.message)
         return EXIT_FAILED
-    return run(settings).exit_code
+    return run(settings, release=release).exit_code

@@ -6,7 +6,15 @@ Items (hash key ``pk``):
   ``by-kind`` index lists runs newest first with a Query), plus ``status`` and its record;
 - the latest pointer: ``pk = "latest"``, ``version``, ``updated_at`` — the one source of truth
   for which published version clients get;
-- the lock: ``pk = "lock"`` (owned by ``lambdas.core.lock``).
+- the lock: ``pk = "lock"`` (owned by ``lambdas.core.lock``);
+- the promotion history: one item per change of latest, ``pk = "history#<sk>"``,
+  ``kind = "history"``, ``sk = "<seq>#<iso time>"``. ``seq`` counts the pointer's changes:
+  each change is a conditional write against the ``seq`` it saw, so the sequence is the true
+  order even when the trainer's and a Lambda's clocks disagree. The pointer change and its
+  history item are written in one transaction: there is never one without the other.
+
+The pointer may be ``pinned``: automatic promotions (``set_latest``) then refuse to move it;
+people still can (``promote``), and only ``unpin`` lets automation move it again.
 
 Statuses move ``training -> published | rejected | failed | interrupted`` and never back.
 """
@@ -29,6 +37,7 @@ from lambdas.core import aws
 from lambdas.core.errors import Conflict, NotFound
 
 RUN_KIND = "run"
+HISTORY_KIND = "history"
 LATEST_PK = "latest"
 INDEX = "by-kind"
 
@@ -38,6 +47,17 @@ REJECTED = "rejected"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 FINAL_STATUSES = frozenset({PUBLISHED, REJECTED, FAILED, INTERRUPTED})
+
+# What a history item says happened to latest.
+AUTO = "auto"  # the gate promoted a new run
+PROMOTE = "promote"  # a person made a newer version latest
+ROLLBACK = "rollback"  # a person made an older version latest
+PIN = "pin"
+UNPIN = "unpin"
+# Run statuses a person may make latest; REJECTED only with force (its artifacts passed the
+# load check, the gate just preferred the baseline or latest was pinned).
+PROMOTABLE = frozenset({PUBLISHED})
+FORCE_PROMOTABLE = frozenset({PUBLISHED, REJECTED})
 
 VERSION_PATTERN = re.compile(r"^v[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}$")  # ASCII digits only
 
@@ -191,37 +211,184 @@ class Registry:
         pointer = self.latest()
         return str(pointer["version"]) if pointer else None
 
-    def set_latest(self, version: str, *, expected: str | None, reason: str, actor: str) -> dict[str, Any]:
-        """Move latest to ``version`` only if it still is ``expected`` (None: no latest yet).
+    def set_latest(
+        self, version: str, *, expected: str | None, reason: str, actor: str, action: str = AUTO
+    ) -> dict[str, Any]:
+        """The automatic path: move latest to ``version`` only if it still is ``expected``
+        (None: no latest yet) and is not pinned; append the change to the history.
 
         The condition makes two concurrent promotions safe: the loser gets Conflict and
-        latest reflects exactly one decision made against the state it saw.
+        latest reflects exactly one decision made against the state it saw. A pinned latest
+        is a Conflict with ``pinned=True`` in its details.
         """
-        pointer = {
-            "pk": LATEST_PK,
+        pointer = self.latest()
+        seen = pointer["version"] if pointer else None
+        if seen != expected:
+            raise Conflict(f"latest is no longer {expected}; not moved to {version}", version=version)
+        if pointer and pointer.get("pinned"):
+            raise Conflict(f"latest {seen} is pinned; not moved to {version}", version=version, pinned=True)
+        return self._change(pointer, version, pinned=False, action=action, reason=reason, actor=actor)
+
+    def promote(
+        self, version: str, *, reason: str, actor: str, force: bool = False, pin: bool | None = None
+    ) -> dict[str, Any]:
+        """A person makes ``version`` latest (rollback or forward), pinned or not.
+
+        Allowed for published runs, and for rejected ones with ``force``; never for failed,
+        interrupted or training runs. ``pin`` None keeps the pin as it is: a rollback made
+        while pinned stays pinned. Promoting the current latest with the same pin is a no-op
+        (``changed`` False, no history item). Returns the history entry.
+        """
+        self.check_promotable(version, force=force)
+        pointer = self.latest()
+        previous = pointer["version"] if pointer else None
+        was_pinned = bool(pointer and pointer.get("pinned"))
+        pinned = was_pinned if pin is None else pin
+        if previous == version and pinned == was_pinned:
+            return self._unchanged(pointer)
+        if previous == version:
+            action = PIN if pinned else UNPIN
+        else:
+            action = ROLLBACK if previous is not None and version < previous else PROMOTE
+        return self._change(pointer, version, pinned=pinned, action=action, reason=reason, actor=actor)
+
+    def check_promotable(self, version: str, *, force: bool = False) -> dict[str, Any]:
+        """The run, if a person may make it latest; NotFound or Conflict otherwise."""
+        run = self.get_run(version)
+        allowed = FORCE_PROMOTABLE if force else PROMOTABLE
+        if run.get("status") not in allowed:
+            hint = " (force promotes a rejected run)" if run.get("status") == REJECTED else ""
+            raise Conflict(
+                f"run {version} is {run.get('status')}; only "
+                f"{' or '.join(sorted(allowed))} runs can be promoted{hint}",
+                version=version,
+                run_status=run.get("status"),
+            )
+        return run
+
+    def pin(self, *, reason: str, actor: str, version: str | None = None) -> dict[str, Any]:
+        """Pin the current latest (``version``, when given, must be it). Idempotent."""
+        return self._set_pin(True, reason=reason, actor=actor, version=version)
+
+    def unpin(self, *, reason: str, actor: str, version: str | None = None) -> dict[str, Any]:
+        """Let automatic promotions move latest again. Idempotent."""
+        return self._set_pin(False, reason=reason, actor=actor, version=version)
+
+    def _set_pin(self, pinned: bool, *, reason: str, actor: str, version: str | None) -> dict[str, Any]:
+        pointer = self.latest()
+        if pointer is None:
+            raise Conflict("no latest version yet; nothing to pin or unpin")
+        if version is not None and pointer["version"] != version:
+            raise Conflict(f"latest is {pointer['version']}, not {version}; nothing changed", version=version)
+        if bool(pointer.get("pinned")) == pinned:
+            return self._unchanged(pointer)
+        return self._change(
+            pointer,
+            str(pointer["version"]),
+            pinned=pinned,
+            action=PIN if pinned else UNPIN,
+            reason=reason,
+            actor=actor,
+        )
+
+    @staticmethod
+    def _unchanged(pointer: dict[str, Any] | None) -> dict[str, Any]:
+        pointer = pointer or {}
+        return {
+            "changed": False,
+            "version": pointer.get("version"),
+            "previous": pointer.get("version"),
+            "pinned": bool(pointer.get("pinned")),
+        }
+
+    def _change(
+        self,
+        pointer: dict[str, Any] | None,
+        version: str,
+        *,
+        pinned: bool,
+        action: str,
+        reason: str,
+        actor: str,
+    ) -> dict[str, Any]:
+        """Write the new pointer (if it is still ``pointer``) and its history item atomically."""
+        seen_seq = int(pointer.get("seq", 0)) if pointer else None
+        seq = (seen_seq or 0) + 1
+        at = now_iso()
+        previous = str(pointer["version"]) if pointer else None
+        sk = f"{seq:010d}#{at}"
+        entry = {
+            "seq": seq,
+            "at": at,
+            "action": action,
             "version": version,
-            "previous": expected,
-            "updated_at": now_iso(),
+            "previous": previous,
+            "pinned": pinned,
+            "was_pinned": bool(pointer and pointer.get("pinned")),
             "reason": reason,
             "actor": actor,
         }
-        if expected is None:
-            condition, values = "attribute_not_exists(pk)", None
-        else:
-            condition, values = "version = :expected", {":expected": {"S": expected}}
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "Item": to_item(pointer),
-            "ConditionExpression": condition,
-        }
-        if values:
-            kwargs["ExpressionAttributeValues"] = values
+        new_pointer = {"pk": LATEST_PK, **entry, "updated_at": at}
+        put_pointer: dict[str, Any] = {"TableName": self.table, "Item": to_item(new_pointer)}
+        if pointer is None:
+            put_pointer["ConditionExpression"] = "attribute_not_exists(pk)"
+        elif "seq" in pointer:
+            put_pointer["ConditionExpression"] = "#seq = :seq"
+            put_pointer["ExpressionAttributeNames"] = {"#seq": "seq"}
+            put_pointer["ExpressionAttributeValues"] = {":seq": {"N": str(seen_seq)}}
+        else:  # a pointer written before history existed
+            put_pointer["ConditionExpression"] = "#v = :expected AND attribute_not_exists(#seq)"
+            put_pointer["ExpressionAttributeNames"] = {"#v": "version", "#seq": "seq"}
+            put_pointer["ExpressionAttributeValues"] = {":expected": {"S": previous}}
+        history = {"pk": f"history#{sk}", "kind": HISTORY_KIND, "sk": sk, **entry}
         try:
-            self.ddb.put_item(**kwargs)
+            self.ddb.transact_write_items(
+                TransactItems=[
+                    {"Put": put_pointer},
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": to_item(history),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
+            )
         except ClientError as err:
-            if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            if err.response["Error"]["Code"] in (
+                "TransactionCanceledException",
+                "ConditionalCheckFailedException",
+            ):
                 raise Conflict(
-                    f"latest is no longer {expected}; not moved to {version}", version=version
+                    f"latest changed meanwhile (was {previous}); not moved to {version}", version=version
                 ) from err
             raise
-        return pointer
+        return {"changed": True, **entry}
+
+    def list_history(
+        self, limit: int = 50, cursor: str | None = None, *, newest_first: bool = False
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Changes of latest in the order they happened (or newest first); ``cursor`` is the
+        ``sk`` of the last item of the previous page."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": INDEX,
+            "KeyConditionExpression": "kind = :kind",
+            "ExpressionAttributeValues": {":kind": {"S": HISTORY_KIND}},
+            "ScanIndexForward": not newest_first,
+            "Limit": limit,
+        }
+        if cursor:
+            kwargs["ExclusiveStartKey"] = {
+                "kind": {"S": HISTORY_KIND},
+                "sk": {"S": cursor},
+                "pk": {"S": f"history#{cursor}"},
+            }
+        page = self.ddb.query(**kwargs)
+        # None is not stored (no latest before the first change): give it back as None.
+        items = [
+            {"previous": None, **{k: v for k, v in from_item(item).items() if k not in ("pk", "kind")}}
+            for item in page.get("Items", [])
+        ]
+        last = page.get("LastEvaluatedKey")
+        return items, (last["sk"]["S"] if last else None)

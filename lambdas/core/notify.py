@@ -1,0 +1,131 @@
+"""Notifications: one JSON message on the SNS topic per run outcome and per manual change of latest.
+
+Message (the SNS ``Message``, also sent as the ``type`` and ``status`` message attributes so
+subscriptions can filter)::
+
+    {"type": "run_outcome" | "latest_changed", "version", "status", "previous", "reason",
+     "actor", "metrics": {...}, "at"}
+
+The topic comes from ``NOTIFY_TOPIC_ARN``. Without it nothing is sent (one log line says so):
+a laptop run needs no topic. A failed publish is logged and never fails the caller: the run
+or the change of latest already happened and is recorded in the model table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from lambdas.core import aws, log, settings
+from lambdas.core.registry import now_iso
+
+RUN_OUTCOME = "run_outcome"
+LATEST_CHANGED = "latest_changed"
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    topic_arn: str | None
+
+    @classmethod
+    def from_env(cls, env: settings.Env | None = None) -> NotifySettings:
+        env = settings.environ() if env is None else env
+        return cls(topic_arn=settings.optional(env, "NOTIFY_TOPIC_ARN", "") or None)
+
+
+def message(
+    kind: str,
+    *,
+    version: str | None,
+    status: str | None,
+    previous: str | None = None,
+    reason: str | None = None,
+    actor: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "version": version,
+        "status": status,
+        "previous": previous,
+        "reason": reason,
+        "actor": actor,
+        "metrics": metrics or {},
+        "at": now_iso(),
+        **extra,
+    }
+
+
+def publish(body: dict[str, Any], *, cfg: NotifySettings | None = None, client: Any = None) -> bool:
+    """Send ``body`` to the topic. True when sent; False when no topic is set or SNS failed."""
+    cfg = cfg or NotifySettings.from_env()
+    if cfg.topic_arn is None:
+        log.log("notification_skipped", reason="NOTIFY_TOPIC_ARN is not set", **_summary(body))
+        return False
+    attributes = {
+        name: {"DataType": "String", "StringValue": str(body[name])}
+        for name in ("type", "status")
+        if body.get(name)
+    }
+    try:
+        sent = (client or aws.client("sns")).publish(
+            TopicArn=cfg.topic_arn,
+            Subject=_subject(body),
+            Message=json.dumps(body, default=str, separators=(",", ":")),
+            MessageAttributes=attributes,
+        )
+    except Exception as err:  # noqa: BLE001 - a notification must never undo or fail the change
+        log.error("notification_failed", error=f"{type(err).__name__}: {err}", **_summary(body))
+        return False
+    log.log("notification_sent", message_id=sent.get("MessageId"), **_summary(body))
+    return True
+
+
+def run_outcome(
+    version: str,
+    status: str,
+    *,
+    previous: str | None,
+    reason: str | None,
+    metrics: dict[str, Any] | None = None,
+    actor: str = "trainer",
+    cfg: NotifySettings | None = None,
+    client: Any = None,
+) -> bool:
+    body = message(
+        RUN_OUTCOME,
+        version=version,
+        status=status,
+        previous=previous,
+        reason=reason,
+        actor=actor,
+        metrics=metrics,
+    )
+    return publish(body, cfg=cfg, client=client)
+
+
+def latest_changed(change: dict[str, Any], *, cfg: NotifySettings | None = None, client: Any = None) -> bool:
+    """``change`` is a history entry from ``Registry.promote/pin/unpin``."""
+    body = message(
+        LATEST_CHANGED,
+        version=change.get("version"),
+        status=change.get("action"),
+        previous=change.get("previous"),
+        reason=change.get("reason"),
+        actor=change.get("actor"),
+        pinned=change.get("pinned"),
+        seq=change.get("seq"),
+    )
+    return publish(body, cfg=cfg, client=client)
+
+
+def _subject(body: dict[str, Any]) -> str:
+    # SNS subjects: ASCII, at most 100 characters.
+    text = f"autoretrain {body.get('type')}: {body.get('version')} {body.get('status')}"
+    return text.encode("ascii", "replace").decode()[:100]
+
+
+def _summary(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: body.get(k) for k in ("type", "version", "status")}
