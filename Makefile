@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test test-fast lint demo local bench models lock clean
+.PHONY: help install test test-fast lint demo local bench models web lock clean
 
 help:
 	@echo "make demo   - run the whole retraining loop on the local cloud, then stop"
@@ -23,6 +23,8 @@ help:
 	@echo "make local  - keep the local cloud running in the foreground (Ctrl-C stops it)"
 	@echo "make bench  - the prediction benchmark (figures, not assertions)"
 	@echo "make lint   - ruff and mypy"
+	@echo "make models - print the model table of the running local cloud (or AWS)"
+	@echo "make web    - build/web: the page as static files (API=https://... names the API)"
 
 $(STAMP): $(REQUIREMENTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +70,9 @@ bench: install
 
 models: $(STAMP)
 	$(PY) -m scripts.models
+
+web: $(STAMP) $(NODE_STAMP)
+	$(PY) -m scripts.build_web $(if $(API),--api $(API))
 
 lock: $(STAMP)
 	{ sed -n '/^#/p' requirements/lock.txt; $(PY) -m pip freeze --exclude-editable; } > requirements/lock.txt.new
