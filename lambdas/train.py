@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lambdas.core import aws, launch, lock, log, registry, settings, userdata
+from lambdas.core import aws, launch, lock, log, notify, registry, settings, userdata
 from lambdas.core.errors import AutoretrainError, ConfigError, Conflict, Unavailable
 
 
@@ -40,6 +40,9 @@ class TrainSettings:
     trainer_image: str
     trainer_settings: dict[str, str]
     launch: launch.LaunchSettings
+    # Passed on to the trainer: where it load-checks a candidate and announces outcomes.
+    api_url: str | None = None
+    notify_topic_arn: str | None = None
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> TrainSettings:
@@ -58,6 +61,8 @@ class TrainSettings:
             trainer_image=settings.required(env, "TRAINER_IMAGE"),
             trainer_settings=_pairs(settings.optional(env, "TRAINER_SETTINGS", "")),
             launch=launch.LaunchSettings.from_env(env),
+            api_url=settings.optional(env, "API_URL", "") or None,
+            notify_topic_arn=settings.optional(env, "NOTIFY_TOPIC_ARN", "") or None,
         )
 
 
@@ -215,6 +220,14 @@ def _clean_up_stale(stale: lock.LockState, cfg: TrainSettings, clients: Clients,
             version, status=status, reason=reason, ended_at=registry.now_iso()
         )
         log.warning("run_taken_over", version=version, status=status, instance_id=stale.instance_id)
+        notify.run_outcome(
+            version,
+            status,
+            previous=None,
+            reason=reason,
+            actor="train-trigger",
+            cfg=notify.NotifySettings(cfg.notify_topic_arn),
+        )
     except AutoretrainError:
         pass  # it reached a final status on its own, or never got its item
     launch.delete_alarm(cfg.launch, version, cloudwatch=clients.cloudwatch)
@@ -230,6 +243,8 @@ def trainer_environment(version: str, cfg: TrainSettings) -> dict[str, str]:
         "MODEL_TABLE": cfg.model_table,
         "MODEL_BUCKET": cfg.model_bucket,
         "MODEL_PREFIX": cfg.model_prefix,
+        **({"API_URL": cfg.api_url} if cfg.api_url else {}),
+        **({"NOTIFY_TOPIC_ARN": cfg.notify_topic_arn} if cfg.notify_topic_arn else {}),
         **cfg.trainer_settings,
     }
 
