@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from lambdas.core import comfort, lock, registry
+from scripts import demo
 from scripts.localcloud.cloud import LocalCloud
 
 NOISE = 0.05
@@ -208,3 +209,36 @@ def test_retrain_e2e_hung_trainer_is_terminated_by_its_alarm_and_the_run_recover
     assert set(instances(cloud)) == {instance_id, recovered["instance_id"]}
     assert alarms(cloud) == []
     assert lock_state(cloud).holder is None
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_retrain_e2e_demo_tells_the_whole_story_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert demo.main(["--state-dir", str(tmp_path), "--watch-seconds", "4", "--interval", "2"]) == 0
+    out = capsys.readouterr().out
+    story = [
+        "HTTP 200",
+        "a run starts at 200 new samples",
+        "-> train function: launch v",
+        "launched (spot)",
+        "idle alarm autoretrain-local-train-v",
+        "user-data: running the trainer",
+        "trainer: epoch   1",
+        "trainer: epoch  10",
+        "trainer: gate promote: first model",
+        "shutdown stand-in: -h now: terminated i-",
+        "deleted by the train function when the run ended",
+        "instance time for this retrain:",
+        "Predictions from POST /infer",
+        "The model table",
+        "  published  ",  # a row of the model table
+        "Stop everything",
+    ]
+    positions = [out.find(line) for line in story]
+    assert -1 not in positions, [line for line, at in zip(story, positions, strict=True) if at < 0]
+    assert positions == sorted(positions), out
+    # Printed by the instance runner when it notices, so not at a fixed place in the story.
+    assert "powered itself off (user-data exited 0)" in out
+    assert not (tmp_path / "endpoints.json").exists()
