@@ -125,6 +125,11 @@ class Stack:
                 return self.region
             if ref == "AWS::AccountId":
                 return self.account
+            # A template parameter: locally nobody passes one, so it takes its Default, as a
+            # deploy without parameter overrides does.
+            parameter = ((self.config.get("resources") or {}).get("Parameters") or {}).get(ref)
+            if isinstance(parameter, dict) and "Default" in parameter:
+                return parameter["Default"]
             raise KeyError(f"cannot resolve Ref {ref!r} locally")
         if set(value) == {"Fn::GetAtt"}:
             logical, attribute = value["Fn::GetAtt"]
