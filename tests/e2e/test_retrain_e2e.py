@@ -216,7 +216,7 @@ def test_retrain_e2e_hung_trainer_is_terminated_by_its_alarm_and_the_run_recover
 def test_retrain_e2e_demo_tells_the_whole_story_and_exits_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert demo.main(["--state-dir", str(tmp_path), "--watch-seconds", "4", "--interval", "2"]) == 0
+    assert demo.main(["--state-dir", str(tmp_path), "--watch-seconds", "12", "--interval", "3"]) == 0
     out = capsys.readouterr().out
     story = [
         "HTTP 200",
