@@ -80,3 +80,26 @@ lock: $(STAMP)
 
 clean:
 	rm -rf .localcloud .pytest_cache .ruff_cache .mypy_cache
+
+# Deploying to AWS (infra/README.md): STAGE and REGION select the stack; deploy, remove and
+# image use the current AWS credentials. package needs them too: osls asks CloudFormation
+# whether the layers are already uploaded (the offline test answers it from moto).
+STAGE ?= dev
+REGION ?= us-east-1
+FUNCTION ?= train
+.PHONY: package deploy remove logs image
+
+package: install
+	scripts/deploy.sh package $(STAGE) $(REGION)
+
+deploy: install
+	scripts/deploy.sh deploy $(STAGE) $(REGION)
+
+remove: install
+	scripts/deploy.sh remove $(STAGE) $(REGION)
+
+logs: install
+	scripts/deploy.sh logs $(STAGE) $(FUNCTION) $(REGION)
+
+image:
+	scripts/image.sh $(STAGE) $(REGION)

@@ -10,7 +10,7 @@ Wheels come from the package index for the deployed platform (manylinux x86_64 u
 by default. ``--source venv`` copies the distributions installed in the running interpreter
 instead: no index needed, and the result imports here (the tests use it).
 
-    python -m scripts.package_functions [--out infra/.build] [--source index|venv]
+    python -m scripts.package_functions [--out infra/build] [--source index|venv]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "requirements"
-DEFAULT_OUT = ROOT / "infra" / ".build"
+DEFAULT_OUT = ROOT / "infra" / "build"
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 # The python3.12 runtime is Amazon Linux 2023 (glibc 2.34): manylinux wheels up to 2.34 run there.
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")

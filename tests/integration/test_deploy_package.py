@@ -56,7 +56,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     stage = tmp_path_factory.mktemp("stage")
     shutil.copy(ROOT / "infra" / "serverless.yml", stage / "serverless.yml")
     (stage / "lambdas").symlink_to(ROOT / "lambdas")
-    figures = package_functions.build(stage / ".build", source="venv", python_version="", compresslevel=1)
+    figures = package_functions.build(stage / "build", source="venv", python_version="", compresslevel=1)
     server = MotoServer().start()
     try:
         env = {
@@ -274,7 +274,7 @@ def _import_handler(packaged: dict[str, Any], logical: str, fn: dict[str, Any]) 
     layers.mkdir()
     for ref in fn["Properties"].get("Layers", []):
         artifact = {"NumpyLambdaLayer": "numpy.zip", "TrafficDepsLambdaLayer": "traffic-deps.zip"}[ref["Ref"]]
-        with zipfile.ZipFile(stage / ".build" / artifact) as archive:
+        with zipfile.ZipFile(stage / "build" / artifact) as archive:
             archive.extractall(layers)
     environment = fn["Properties"].get("Environment", {}).get("Variables", {})
     env = {

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Package, deploy, remove or tail the logs of one stage with the pinned osls CLI.
+#   scripts/deploy.sh package|deploy|remove STAGE [REGION]
+#   scripts/deploy.sh logs STAGE FUNCTION [REGION]
+# deploy and remove act on the AWS account of the current credentials (AWS_PROFILE etc.).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+osls="$root/node_modules/.bin/osls"
+python="${PYTHON:-$root/.venv/bin/python}"
+
+usage() {
+  sed -n '2,5p' "$0" >&2
+  exit 2
+}
+
+[ $# -ge 2 ] || usage
+action=$1
+stage=$2
+case "$action" in
+  package | deploy | remove) region=${3:-${AWS_REGION:-us-east-1}} ;;
+  logs)
+    [ $# -ge 3 ] || usage
+    function=$3
+    region=${4:-${AWS_REGION:-us-east-1}}
+    ;;
+  *) usage ;;
+esac
+
+cd "$root/infra"
+case "$action" in
+  package | deploy)
+    # The layers (numpy; traffic's compressed dependencies) built for the Lambda platform.
+    (cd "$root" && "$python" -m scripts.package_functions --out "$root/infra/build")
+    "$osls" "$action" --stage "$stage" --region "$region"
+    ;;
+  remove)
+    # The bucket must be empty before CloudFormation can delete it; the models go with it.
+    bucket=$(aws cloudformation describe-stacks --stack-name "autoretrain-$stage" --region "$region" \
+      --query "Stacks[0].Outputs[?OutputKey=='ModelBucketName'].OutputValue" --output text 2>/dev/null || true)
+    if [ -n "$bucket" ] && [ "$bucket" != "None" ]; then
+      aws s3 rm "s3://$bucket" --recursive --region "$region"
+    fi
+    "$osls" remove --stage "$stage" --region "$region"
+    ;;
+  logs)
+    "$osls" logs --function "$function" --stage "$stage" --region "$region" --tail
+    ;;
+esac
