@@ -153,7 +153,9 @@ def history(cfg: RegistrySettings, query: dict[str, Any] | None, *, ddb: Any = N
         raise BadRequest("cursor must be the 'next' value of a previous page", field="cursor")
     reg = registry.Registry(cfg.table, ddb)
     items, next_cursor = reg.list_history(limit, cursor, newest_first=order == "desc")
-    return {"items": items, "next": next_cursor, "latest": reg.latest()}
+    pointer = reg.latest()
+    latest = {k: v for k, v in pointer.items() if k != "pk"} if pointer else None
+    return {"items": items, "next": next_cursor, "latest": latest}
 
 
 def _is_history_cursor(text: str) -> bool:
