@@ -89,16 +89,16 @@ REGION ?= us-east-1
 FUNCTION ?= train
 .PHONY: package deploy remove logs image
 
-package: install
+package: $(STAMP) $(NODE_STAMP)
 	scripts/deploy.sh package $(STAGE) $(REGION)
 
-deploy: install
+deploy: $(STAMP) $(NODE_STAMP)
 	scripts/deploy.sh deploy $(STAGE) $(REGION)
 
-remove: install
+remove: $(STAMP) $(NODE_STAMP)
 	scripts/deploy.sh remove $(STAGE) $(REGION)
 
-logs: install
+logs: $(STAMP) $(NODE_STAMP)
 	scripts/deploy.sh logs $(STAGE) $(FUNCTION) $(REGION)
 
 image:
