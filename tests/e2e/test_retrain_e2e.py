@@ -218,6 +218,7 @@ def test_retrain_e2e_demo_tells_the_whole_story_and_exits_0(
 ) -> None:
     assert demo.main(["--state-dir", str(tmp_path), "--watch-seconds", "12", "--interval", "3"]) == 0
     out = capsys.readouterr().out
+    assert "by source: api 1, traffic" in out  # the scheduled traffic arrived on its own
     story = [
         "HTTP 200",
         "a run starts at 200 new samples",
