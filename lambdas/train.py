@@ -1,17 +1,24 @@
 """Train trigger: new samples -> at most one coalesced training run at a time.
 
-Subscribed to two streams:
+Three event sources:
 
-- the data table's: INSERT records are new samples (MODIFY/REMOVE are not new data); their
-  ids go into the lock's pending set, which a replay cannot grow (see ``lambdas.core.lock``);
-- the model table's: a run reaching a final status frees the lock and deletes its alarm.
+- the data table's stream: INSERT records are new samples (MODIFY/REMOVE are not new data);
+  their ids go into the lock's pending set, which a replay cannot grow (see
+  ``lambdas.core.lock``);
+- the model table's stream: a run reaching a final status frees the lock and deletes its alarm;
+- EventBridge's EC2 instance state-change events: when the lock holder's instance shuts down,
+  terminates or stops, the run ends with it. If the trainer already recorded an outcome this is
+  the same "run ended" step as the model table's stream (whichever comes first frees the lock,
+  the other changes nothing); if the run is still ``training`` (the idle alarm terminated a hung
+  trainer, a spot reclaim, a crash) it is marked ``interrupted`` and announced, its alarm is
+  deleted and the lock freed at once. Events of any other instance cost one read of the lock.
 
-After either, a run starts if the lock is free (or expired), enough new samples are pending
+After any of them, a run starts if the lock is free (or expired), enough new samples are pending
 and the minimum interval has passed. The run item is created as ``training`` before the
-instance starts; the trainer always writes its final status. If the instance dies first
-(idle alarm, spot reclaim, lock expiry), this function marks the run ``interrupted`` (instance
-gone) or ``failed`` (lock expired while the instance still ran, which it then terminates) the
-next time it wants to launch, and takes the lock over.
+instance starts; the trainer always writes its final status when it can. If the instance dies
+first and its state-change event is lost, the next trigger that wants to launch notices: the run
+is marked ``interrupted`` (instance gone) or ``failed`` (lock expired while the instance still
+ran, which it then terminates) and the lock is taken over.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lambdas.core import aws, launch, lock, log, notify, registry, settings, userdata
-from lambdas.core.errors import AutoretrainError, ConfigError, Conflict, Unavailable
+from lambdas.core.errors import AutoretrainError, ConfigError, Conflict, NotFound, Unavailable
 
 
 @dataclass(frozen=True)
@@ -165,21 +172,41 @@ def decide(
 def process(
     records: list[dict[str, Any]], cfg: TrainSettings, clients: Clients, now: float | None = None
 ) -> Decision:
+    """A batch of stream records (from either table)."""
     now = time.time() if now is None else now
     samples = new_samples(r for r in records if _table_of(r) == cfg.data_table)
     finished = finished_runs(r for r in records if _table_of(r) == cfg.model_table)
+    store = lock.LockStore(cfg.model_table, clients.ddb)
+    dead = _dead_holder(store.read(), cfg, clients, now, len(samples))
+    return advance(cfg, clients, store, now, samples=samples, finished=finished, dead=dead)
+
+
+def advance(
+    cfg: TrainSettings,
+    clients: Clients,
+    store: lock.LockStore,
+    now: float,
+    *,
+    samples: list[tuple[str, int]],
+    finished: list[str],
+    dead: str | None,
+    event: str = "train_trigger",
+    **context: Any,
+) -> Decision:
+    """The one step every source ends in: note the samples, end the ``finished`` runs (their
+    alarms deleted, the lock released), take over the ``dead`` holder, start the pending
+    retrain if it may start now. Idempotent: a repeated step finds nothing left to end."""
     for version in finished:
         launch.delete_alarm(cfg.launch, version, cloudwatch=clients.cloudwatch)
-    store = lock.LockStore(cfg.model_table, clients.ddb)
-
-    dead = _dead_holder(store.read(), cfg, clients, now, len(samples))
     _, after, decision = store.transact(
         lambda s: decide(s, cfg, now, samples=samples, finished=finished, dead=dead)
     )
     log.log(
-        "train_trigger",
+        event,
+        **context,
         new_samples=len(samples),
         finished=finished,
+        taken_over=decision.stale.holder if decision.stale else None,
         pending=after.pending,
         holder=after.holder,
         launch=decision.launch,
@@ -196,7 +223,9 @@ def _dead_holder(
     state: lock.LockState, cfg: TrainSettings, clients: Clients, now: float, incoming: int
 ) -> str | None:
     """The holder whose instance is already gone (alarm, spot reclaim): no need to wait for the
-    lock to expire. Checked only when a launch is otherwise wanted, to keep EC2 calls rare."""
+    lock to expire. Checked only when a launch is otherwise wanted, to keep EC2 calls rare.
+    (Normally the instance's state-change event has ended the run already; this covers a lost
+    event.)"""
     if not (state.held(now) and state.instance_id and state.pending + incoming >= cfg.min_new_samples):
         return None
     if launch.instance_state(state.instance_id, ec2=clients.ec2) in launch.GONE | {None}:
@@ -204,17 +233,87 @@ def _dead_holder(
     return None
 
 
-def _clean_up_stale(stale: lock.LockState, cfg: TrainSettings, clients: Clients, now: float) -> None:
-    version = str(stale.holder)
-    gone = True
-    if stale.instance_id:
-        gone = launch.instance_state(stale.instance_id, ec2=clients.ec2) in launch.GONE | {None}
-        if not gone:
-            launch.terminate(stale.instance_id, ec2=clients.ec2)
-    if gone:
-        status, reason = registry.INTERRUPTED, "the instance was gone before the run finished"
+# instance state changes ---------------------------------------------------------------------
+
+EC2_STATE_CHANGE = "EC2 Instance State-change Notification"
+# States after which a training instance's work is over: it terminates on shutdown, so
+# "stopped" only comes from a person (or an API call) stopping it, and user-data does not run
+# again on a restart.
+ENDED_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
+
+
+def instance_change(event: dict[str, Any]) -> tuple[str, str] | None:
+    """(instance id, state) of an EC2 state-change event; None for any other event."""
+    if event.get("source") != "aws.ec2" or event.get("detail-type") != EC2_STATE_CHANGE:
+        return None
+    detail = event.get("detail") or {}
+    instance_id, state = detail.get("instance-id"), detail.get("state")
+    if not instance_id or not state:
+        return None
+    return str(instance_id), str(state)
+
+
+def instance_ended(
+    instance_id: str, state: str, cfg: TrainSettings, clients: Clients, now: float | None = None
+) -> Decision | None:
+    """An instance changed state. Only the lock holder's instance matters; None when the event
+    is about anything else (another instance, a state that is not an end, a run already ended
+    and released: a duplicate or late event)."""
+    now = time.time() if now is None else now
+    store = lock.LockStore(cfg.model_table, clients.ddb)
+    held = store.read()
+    version = held.holder
+    ignored = {"instance_id": instance_id, "state": state, "holder": version}
+    if state not in ENDED_STATES or version is None or held.instance_id not in (None, instance_id):
+        log.log("instance_event_ignored", **ignored)
+        return None
+    try:
+        run = registry.Registry(cfg.model_table, clients.ddb).get_run(version)
+    except NotFound:
+        run = {}
+    # The lock learns its instance just after the launch; the run item is the other record.
+    if run.get("instance_id") != instance_id and held.instance_id != instance_id:
+        log.log("instance_event_ignored", **ignored)
+        return None
+    if run.get("status") in registry.FINAL_STATUSES:
+        # The trainer recorded its outcome and powered off: the "run ended" step, which the
+        # model table's stream takes too (whichever is first does the work).
+        finished, dead = [version], None
     else:
-        status, reason = registry.FAILED, "the run outlived its lock and its instance was terminated"
+        finished, dead = [], version
+    return advance(
+        cfg,
+        clients,
+        store,
+        now,
+        samples=[],
+        finished=finished,
+        dead=dead,
+        event="train_instance_ended",
+        instance_id=instance_id,
+        state=state,
+        version=version,
+        run_status=run.get("status"),
+    )
+
+
+INSTANCE_GONE = "the instance was terminated before the trainer recorded an outcome"
+
+
+def _clean_up_stale(stale: lock.LockState, cfg: TrainSettings, clients: Clients, now: float) -> None:
+    """End the run of a holder taken over: terminate what is left of its instance, record why
+    (only while it is still ``training``), announce it, delete its alarm."""
+    version = str(stale.holder)
+    state = launch.instance_state(stale.instance_id, ec2=clients.ec2) if stale.instance_id else None
+    if state in launch.GONE | {None}:
+        status, reason = registry.INTERRUPTED, INSTANCE_GONE
+    else:
+        launch.terminate(str(stale.instance_id), ec2=clients.ec2)
+        if stale.expired(now):
+            status, reason = registry.FAILED, "the run outlived its lock and its instance was terminated"
+        else:  # stopped: it will never train again
+            status = registry.INTERRUPTED
+            reason = f"the instance was {state} before the trainer recorded an outcome; it was terminated"
     try:
         registry.Registry(cfg.model_table, clients.ddb).update_run(
             version, status=status, reason=reason, ended_at=registry.now_iso()
@@ -298,6 +397,11 @@ def _settings() -> TrainSettings:
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    change = instance_change(event)
+    if change is not None:
+        # Invoked asynchronously by EventBridge: an error propagates so Lambda retries it.
+        decision = instance_ended(*change, _settings(), Clients.default())
+        return {"instance_id": change[0], "state": change[1], "handled": decision is not None}
     records = list(event.get("Records") or [])
     try:
         process(records, _settings(), Clients.default())

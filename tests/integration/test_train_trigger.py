@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -307,3 +310,177 @@ def test_train_settings_reject_bad_configuration(
     monkeypatch.setenv(name, value)
     with pytest.raises(Exception, match=message):
         train.TrainSettings.from_env()
+
+
+# instance state changes (EventBridge) -------------------------------------------------------
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+
+
+def state_change(instance_id: str, state: str = "terminated") -> dict[str, Any]:
+    event = json.loads((EVENTS / "eventbridge_instance_terminated.json").read_text())
+    event["detail"] = {"instance-id": instance_id, "state": state}
+    event["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"]
+    return event
+
+
+@pytest.fixture
+def inbox(cfg: train.TrainSettings) -> Any:
+    """The notifications topic with a queue subscribed; returns (settings with the topic, read)."""
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    topic = sns.create_topic(Name="train-trigger-test")["TopicArn"]
+    url = sqs.create_queue(QueueName="train-trigger-inbox")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+
+    def read() -> list[dict[str, Any]]:
+        out = []
+        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            for message in batch:
+                out.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return out
+
+    return dataclasses.replace(cfg, notify_topic_arn=topic), read
+
+
+def running_run(cfg: train.TrainSettings) -> lock.LockState:
+    """Launch one run through the stream path; its lock (holder, instance)."""
+    train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, train.Clients.default())
+    held = lock.LockStore(cfg.model_table).read()
+    assert held.holder and held.instance_id
+    return held
+
+
+def test_instance_change_reads_the_canned_eventbridge_event() -> None:
+    event = json.loads((EVENTS / "eventbridge_instance_terminated.json").read_text())
+    assert train.instance_change(event) == ("i-0abcd1234efgh5678", "terminated")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"Records": []},
+        {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}},
+        {"source": "aws.ec2", "detail-type": "EC2 Spot Instance Interruption Warning", "detail": {}},
+        {"source": "aws.ec2", "detail-type": train.EC2_STATE_CHANGE, "detail": {"state": "terminated"}},
+        {"source": "aws.ec2", "detail-type": train.EC2_STATE_CHANGE, "detail": {"instance-id": "i-1"}},
+    ],
+)
+def test_instance_change_is_none_for_other_events(event: dict[str, Any]) -> None:
+    assert train.instance_change(event) is None
+
+
+def test_instance_event_of_another_instance_changes_nothing(cfg) -> None:
+    held = running_run(cfg)
+    assert train.handler(state_change("i-0notours")) == {
+        "instance_id": "i-0notours",
+        "state": "terminated",
+        "handled": False,
+    }
+    assert lock.LockStore(cfg.model_table).read() == held
+    assert registry.Registry(cfg.model_table).get_run(str(held.holder))["status"] == "training"
+    assert alarm_names() == [f"autoretrain-test-train-{held.holder}"]
+
+
+def test_instance_event_without_a_run_in_flight_changes_nothing(cfg) -> None:
+    assert train.instance_ended("i-0abc", "terminated", cfg, train.Clients.default()) is None
+    assert lock.LockStore(cfg.model_table).read() == lock.LockState()
+    assert instances() == [] and registry.Registry(cfg.model_table).list_runs()[0] == []
+
+
+def test_instance_event_interrupts_a_run_still_training_and_frees_the_lock(cfg, inbox) -> None:
+    cfg, read = inbox
+    held = running_run(cfg)
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(held.instance_id)])  # the idle alarm
+    change = train.instance_change(state_change(str(held.instance_id)))
+    assert change is not None and train.instance_ended(*change, cfg, train.Clients.default())
+    run = registry.Registry(cfg.model_table).get_run(str(held.holder))
+    assert run["status"] == "interrupted"
+    assert run["reason"] == "the instance was terminated before the trainer recorded an outcome"
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder is None and state.instance_id is None
+    assert alarm_names() == [] and len(instances()) == 1  # nothing pending: no new run
+    [message] = read()
+    assert {k: message[k] for k in ("type", "version", "status", "actor")} == {
+        "type": "run_outcome",
+        "version": held.holder,
+        "status": "interrupted",
+        "actor": "train-trigger",
+    }
+
+
+def test_instance_event_launches_the_retrain_pending_since_the_run_began(cfg) -> None:
+    held = running_run(cfg)
+    train.process(batch(cfg, ["d", "e", "f"], 10)["Records"], cfg, train.Clients.default())
+    assert lock.LockStore(cfg.model_table).read().pending_ids == ("d", "e", "f")
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(held.instance_id)])
+    decision = train.instance_ended(str(held.instance_id), "terminated", cfg, train.Clients.default())
+    assert decision is not None and decision.launch
+    assert decision.stale is not None and decision.stale.holder == held.holder
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder == decision.launch and state.pending == 0 and state.instance_id
+    assert registry.Registry(cfg.model_table).get_run(str(held.holder))["status"] == "interrupted"
+    assert alarm_names() == [f"autoretrain-test-train-{decision.launch}"]
+    assert len(instances()) == 2
+
+
+def test_instance_event_repeated_or_out_of_order_is_harmless(cfg, inbox) -> None:
+    cfg, read = inbox
+    held = running_run(cfg)
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(held.instance_id)])
+    clients = train.Clients.default()
+    assert train.instance_ended(str(held.instance_id), "terminated", cfg, clients) is not None
+    after = lock.LockStore(cfg.model_table).read()
+    for state in ("terminated", "shutting-down", "terminated"):
+        assert train.instance_ended(str(held.instance_id), state, cfg, clients) is None
+    assert lock.LockStore(cfg.model_table).read() == after  # not even rewritten
+    assert [m["status"] for m in read()] == ["interrupted"]
+    assert len(instances()) == 1
+
+
+def test_instance_event_after_the_run_finished_is_a_no_op(cfg, inbox) -> None:
+    cfg, read = inbox
+    held = running_run(cfg)
+    registry.Registry(cfg.model_table).update_run(str(held.holder), status="published")
+    train.process([run_record(cfg, str(held.holder), "published")], cfg, train.Clients.default())
+    released = lock.LockStore(cfg.model_table).read()
+    assert released.holder is None
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(held.instance_id)])  # its own shutdown
+    assert train.handler(state_change(str(held.instance_id)))["handled"] is False
+    assert lock.LockStore(cfg.model_table).read() == released
+    assert registry.Registry(cfg.model_table).get_run(str(held.holder))["status"] == "published"
+    assert read() == [] and alarm_names() == [] and len(instances()) == 1
+
+
+def test_instance_event_before_the_model_stream_ends_the_run_the_same_way(cfg, inbox) -> None:
+    cfg, read = inbox
+    held = running_run(cfg)
+    train.process(batch(cfg, ["d", "e", "f"], 10)["Records"], cfg, train.Clients.default())
+    registry.Registry(cfg.model_table).update_run(str(held.holder), status="rejected")
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(held.instance_id)])
+    decision = train.instance_ended(str(held.instance_id), "shutting-down", cfg, train.Clients.default())
+    assert decision is not None and decision.stale is None and decision.launch
+    assert registry.Registry(cfg.model_table).get_run(str(held.holder))["status"] == "rejected"
+    # the model table's record of the same outcome arrives afterwards: nothing left to do
+    late = train.process([run_record(cfg, str(held.holder), "rejected")], cfg, train.Clients.default())
+    assert late.launch is None and lock.LockStore(cfg.model_table).read().holder == decision.launch
+    assert alarm_names() == [f"autoretrain-test-train-{decision.launch}"]
+    assert read() == [] and len(instances()) == 2
+
+
+def test_instance_event_for_a_stopped_instance_terminates_it(cfg) -> None:
+    held = running_run(cfg)
+    boto3.client("ec2").stop_instances(InstanceIds=[str(held.instance_id)])
+    assert train.instance_ended(str(held.instance_id), "stopped", cfg, train.Clients.default())
+    run = registry.Registry(cfg.model_table).get_run(str(held.holder))
+    assert run["status"] == "interrupted" and run["reason"].startswith("the instance was stopped")
+    [instance] = instances()
+    assert instance["State"]["Name"] in ("shutting-down", "terminated")
+    assert lock.LockStore(cfg.model_table).read().holder is None and alarm_names() == []
+
+
+def test_instance_event_of_a_running_instance_is_ignored(cfg) -> None:
+    held = running_run(cfg)
+    assert train.instance_ended(str(held.instance_id), "running", cfg, train.Clients.default()) is None
+    assert lock.LockStore(cfg.model_table).read() == held
