@@ -10,6 +10,11 @@ outside (the idle alarm, a test) the process tree is killed, as a real terminati
 A fake IMDSv2 serves the token, ``meta-data/instance-id`` and
 ``meta-data/spot/instance-action`` (404 until a notice is requested with ``spot_notice()`` or
 by creating ``<state_dir>/spot-notice-<instance-id>``).
+
+When an instance's work has ended because the instance went away (its own shutdown, the idle
+alarm, a terminate from outside), the runner sends the state changes EC2 would put on
+EventBridge ("EC2 Instance State-change Notification": ``shutting-down``, then ``terminated``)
+to every function with an ``eventBridge`` event whose pattern matches them, as the rule would.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,8 +38,10 @@ from typing import Any
 
 import psutil
 
+from scripts.localcloud import infra
 from scripts.localcloud.driver import Context
 from scripts.localcloud.infra import ROOT
+from scripts.localcloud.streams import check_pattern, matches
 
 STANDINS = Path(__file__).with_name("standins")
 SERVICE_TAG = {"Name": "tag:service", "Values": ["autoretrain"]}
@@ -44,6 +52,9 @@ TRAINER_CMD_ENV = "LOCALCLOUD_TRAINER_CMD"
 POWERED_OFF = "powered-off"
 # How long a powered-off instance's user-data may take to finish its last lines.
 POWER_OFF_GRACE_S = 5.0
+STATE_CHANGE = "EC2 Instance State-change Notification"
+# The states EC2 reports on the way out of a termination, in order.
+TERMINATION_STATES = ("shutting-down", "terminated")
 
 
 class Imds:
@@ -156,6 +167,35 @@ def tree_cpu_percent(proc: psutil.Process, interval: float) -> float:
     return min(100.0, total / (psutil.cpu_count() or 1))
 
 
+def state_change_event(instance_id: str, state: str, *, account: str, region: str) -> dict[str, Any]:
+    """An EC2 state change as EventBridge delivers it to a Lambda target."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": STATE_CHANGE,
+        "source": "aws.ec2",
+        "account": account,
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": [f"arn:aws:ec2:{region}:{account}:instance/{instance_id}"],
+        "detail": {"instance-id": instance_id, "state": state},
+    }
+
+
+def event_rules(stack: infra.Stack) -> list[tuple[str, dict[str, Any]]]:
+    """(function, pattern) of every enabled ``eventBridge`` event with a pattern. Patterns use
+    the exact-value subset the stream poller's filters implement; anything else fails here."""
+    out = []
+    for fn in stack.functions():
+        for index, event in enumerate(fn.events):
+            spec = event.get("eventBridge") if isinstance(event, dict) else None
+            if not isinstance(spec, dict) or "pattern" not in spec or spec.get("enabled", True) is False:
+                continue
+            check_pattern(spec["pattern"], f"functions.{fn.name}.events[{index}].eventBridge.pattern")
+            out.append((fn.name, spec["pattern"]))
+    return out
+
+
 class InstanceRunner:
     name = "instances"
 
@@ -170,6 +210,8 @@ class InstanceRunner:
         # How each instance ended: "shutdown" (its user-data powered it off) or "terminated"
         # (from outside: the idle alarm, the train trigger, a test).
         self.endings: dict[str, str] = {}
+        # (function, instance id, state) of every state-change event delivered, in order.
+        self.events_sent: list[tuple[str, str, str]] = []
 
     def start(self, ctx: Context) -> None:
         local = dict(ctx.settings.get("instances") or {})
@@ -178,6 +220,7 @@ class InstanceRunner:
         self.ctx = ctx
         self.ec2 = ctx.client("ec2")
         self.cloudwatch = ctx.client("cloudwatch")
+        self.rules = event_rules(ctx.stack)
         create_instance_profiles(ctx)
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
         self.imds = Imds(ctx.state_dir)
@@ -273,6 +316,22 @@ class InstanceRunner:
         else:
             how = f"user-data exited {code}"
         self.ctx.say(f"instance {instance_id}: {how} after {time.monotonic() - started:.1f}s")
+        if not self._stop.is_set() and self._state(instance_id) in TERMINATION_STATES:
+            for state in TERMINATION_STATES:
+                self._emit(instance_id, state)
+
+    def _emit(self, instance_id: str, state: str) -> None:
+        event = state_change_event(
+            instance_id, state, account=self.ctx.stack.account, region=self.ctx.stack.region
+        )
+        for function, pattern in self.rules:
+            if not matches(pattern, event):
+                continue
+            self.events_sent.append((function, instance_id, state))
+            try:
+                self.ctx.invoke(function, event)
+            except Exception as err:  # noqa: BLE001 - Lambda would retry; the driver goes on
+                self.ctx.say(f"instances: {function} failed on {instance_id} {state}: {err!r}")
 
     def _publish(self, instance_id: str, cpu: float) -> None:
         try:

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scripts.localcloud import alarms, infra, instances
+from scripts.localcloud import alarms, infra, instances, streams
 from scripts.localcloud.driver import Context
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
 
 
 @pytest.fixture
 def ctx(tmp_path: Path, moto_server: str) -> Iterator[Context]:
     said: list[str] = []
+    invoked: list[tuple[str, dict[str, Any]]] = []
     context = Context(
         stack=infra.load(stage="test"),
         aws_endpoint=moto_server,
         api_url="http://127.0.0.1:1",
         state_dir=tmp_path / "state",
-        invoke=lambda name, event: None,
+        invoke=lambda name, event: invoked.append((name, event)),
         say=said.append,
     )
     context.said = said  # type: ignore[attr-defined]
+    context.invoked = invoked  # type: ignore[attr-defined]
     yield context
 
 
@@ -147,6 +153,8 @@ def test_instance_runner_runs_user_data_reports_cpu_and_serves_imds(ctx: Context
     assert runner.exit_codes[instance_id] == 0
     assert marker.read_text().strip() == instance_id
     assert state(ctx, instance_id) in ("shutting-down", "terminated")
+    states = [e["detail"]["state"] for _, e in ctx.invoked]  # type: ignore[attr-defined]
+    assert states == ["shutting-down", "terminated"]  # its own shutdown is reported like any other
     from datetime import UTC, datetime, timedelta
 
     stats = ctx.client("cloudwatch").get_metric_statistics(
@@ -177,3 +185,45 @@ def test_instance_runner_kills_the_work_of_an_instance_terminated_from_outside(
     assert runner.exit_codes[instance_id] != 0
     assert not (tmp_path / "survived").exists()
     assert any("terminated from outside" in line for line in ctx.said)  # type: ignore[attr-defined]
+    assert [(name, e["detail"]) for name, e in ctx.invoked] == [  # type: ignore[attr-defined]
+        ("train", {"instance-id": instance_id, "state": "shutting-down"}),
+        ("train", {"instance-id": instance_id, "state": "terminated"}),
+    ]
+
+
+def test_instance_state_change_event_is_shaped_like_eventbridges() -> None:
+    canned = json.loads((EVENTS / "eventbridge_instance_terminated.json").read_text())
+    event = instances.state_change_event(
+        "i-0abcd1234efgh5678", "terminated", account="123456789012", region="us-east-1"
+    )
+    assert set(event) == set(canned)
+    assert {k: event[k] for k in ("version", "source", "detail-type", "account", "region")} == {
+        k: canned[k] for k in ("version", "source", "detail-type", "account", "region")
+    }
+    assert event["resources"] == canned["resources"] and event["detail"] == canned["detail"]
+    assert datetime.strptime(event["time"], "%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_instance_event_rules_come_from_the_stack_and_match_only_endings() -> None:
+    rules = instances.event_rules(infra.load(stage="test"))
+    assert [name for name, _ in rules] == ["train"]
+    [(_, pattern)] = rules
+    for state, expected in [("terminated", True), ("shutting-down", True), ("running", False)]:
+        event = instances.state_change_event("i-1", state, account="1", region="us-east-1")
+        assert streams.matches(pattern, event) is expected
+    other = {**instances.state_change_event("i-1", "terminated", account="1", region="us-east-1")}
+    other["source"] = "aws.autoscaling"
+    assert not streams.matches(pattern, other)
+
+
+@pytest.mark.slow
+def test_instance_runner_sends_no_event_when_the_user_data_exits_without_shutdown(ctx: Context) -> None:
+    instance_id = launch(ctx, "#!/bin/bash\nexit 3\n")
+    runner = instances.InstanceRunner(poll_s=0.2, metric_period_s=0.3)
+    runner.start(ctx)
+    deadline = time.time() + 15
+    while instance_id not in runner.exit_codes and time.time() < deadline:
+        time.sleep(0.2)
+    runner.stop()
+    assert runner.exit_codes[instance_id] == 3
+    assert state(ctx, instance_id) == "running" and ctx.invoked == []  # type: ignore[attr-defined]
