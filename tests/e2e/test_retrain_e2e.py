@@ -9,6 +9,7 @@ serve the result. Deadlines are generous: the machine is shared, and nothing her
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -193,22 +194,67 @@ def test_retrain_e2e_hung_trainer_is_terminated_by_its_alarm_and_the_run_recover
     assert runner.endings[instance_id] == "terminated"
     hung_pid = int(pid_file.read_text())
     assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == psutil.STATUS_ZOMBIE
-    assert runs(cloud)[hung["version"]]["status"] == registry.TRAINING  # nothing told the run yet
 
-    # New data wants a run: the trigger sees the dead instance, ends the hung run, frees the
-    # lock long before its expiry, and the next (real) trainer publishes.
+    # Without any new data, the instance's state-change event ends the run at once: it is
+    # interrupted, the lock is free (long before its expiry) and no alarm is left.
+    ended = wait_for(
+        "the hung run to be interrupted",
+        lambda: runs(cloud)[hung["version"]]["status"] == registry.INTERRUPTED,
+        60,
+    )
+    assert ended
+    after = runs(cloud)[hung["version"]]
+    assert after["reason"] == "the instance was terminated before the trainer recorded an outcome"
+    assert lock_state(cloud).holder is None and alarms(cloud) == []
+    assert [(fn, state) for fn, iid, state in runner.events_sent if iid == instance_id] == [
+        ("train", "shutting-down"),
+        ("train", "terminated"),
+    ]
+    assert set(runs(cloud)) == {hung["version"]}  # nothing was pending: no run starts
+
+    # New data starts the next (real) trainer right away, which publishes.
     monkeypatch.delenv("LOCALCLOUD_TRAINER_CMD")
     upload(cloud, BATCH, seed=4)
     recovered = wait_for("the next run to finish", lambda: finished_run(cloud, {hung["version"]}))
     wait_for("everything to be cleaned up", lambda: settled(cloud))
-    after = runs(cloud)[hung["version"]]
-    assert after["status"] == registry.INTERRUPTED
-    assert after["reason"] == "the instance was gone before the run finished"
     assert recovered["status"] == registry.PUBLISHED
     assert latest(cloud) == recovered["version"]
     assert set(instances(cloud)) == {instance_id, recovered["instance_id"]}
     assert alarms(cloud) == []
     assert lock_state(cloud).holder is None
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_retrain_e2e_data_pending_when_the_instance_dies_starts_the_next_run(
+    cloud: LocalCloud, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A trainer that keeps the CPU busy until told to hang idle: data arrives while it runs,
+    # then the alarm kills it. The retrain that was pending starts from the instance's
+    # state-change event, with no further upload.
+    go_idle = tmp_path / "go-idle"
+    hang = f"import os, time\nwhile not os.path.exists({str(go_idle)!r}): sum(range(100000))\ntime.sleep(900)"
+    monkeypatch.setenv("LOCALCLOUD_TRAINER_CMD", f"{shlex.quote(sys.executable)} -c {shlex.quote(hang)}")
+    upload(cloud, BATCH, seed=5)
+    hung = wait_for(
+        "a run with an instance", lambda: next((r for r in runs(cloud).values() if "instance_id" in r), None)
+    )
+    upload(cloud, BATCH, seed=6)
+    wait_for("the new samples to be pending", lambda: lock_state(cloud).pending >= 200)
+    assert set(runs(cloud)) == {hung["version"]} and lock_state(cloud).holder == hung["version"]
+    monkeypatch.delenv("LOCALCLOUD_TRAINER_CMD")  # the next instance runs the real trainer
+    go_idle.touch()
+    recovered = wait_for("the pending run to finish", lambda: finished_run(cloud, {hung["version"]}))
+    wait_for("everything to be cleaned up", lambda: settled(cloud))
+    assert runs(cloud)[hung["version"]]["status"] == registry.INTERRUPTED
+    assert recovered["status"] == registry.PUBLISHED
+    assert recovered["trigger"]["new_samples"] >= 200
+    assert driver(cloud, "alarms").terminated == [hung["instance_id"]]
+    # Launched by the state-change event, not by a stream batch.
+    lines = (tmp_path / "functions.log").read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    [launched] = [e for e in events if e.get("launch") == recovered["version"]]
+    assert launched["event"] == "train_instance_ended" and launched["taken_over"] == hung["version"]
 
 
 @pytest.mark.slow
