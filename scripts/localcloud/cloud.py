@@ -36,7 +36,7 @@ from scripts.localcloud.scheduler import Scheduler, schedules
 ROOT = infra.ROOT
 DEFAULT_STATE_DIR = Path(".localcloud")
 # Started after the core, in this order, and stopped in reverse.
-DRIVER_MODULES = ("streams", "instances", "alarms")
+DRIVER_MODULES = ("streams", "instances", "alarms", "notifications")
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 # A real profile or session token must never leak into the local cloud's calls.
 _UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -256,10 +256,9 @@ class LocalCloud:
             self.say(f"schedule {item.name}: {item.function} every {item.expression}")
         for module_name in self._driver_modules:
             driver = self._load_driver(module_name)
-            if driver is not None:
-                driver.start(self.context)
-                self.drivers.append(driver)
-                self.say(f"driver {driver.name} started")
+            driver.start(self.context)
+            self.drivers.append(driver)
+            self.say(f"driver {driver.name} started")
 
         self._write_endpoints()
         self.say(f"API  {self.api.url}")
@@ -364,17 +363,9 @@ class LocalCloud:
             raise LocalCloudError(f"{fn.handler}: {fn.module} has no callable {fn.attribute!r}")
         return handler  # type: ignore[no-any-return]
 
-    def _load_driver(self, module_name: str) -> Driver | None:
+    def _load_driver(self, module_name: str) -> Driver:
         qualified = f"scripts.localcloud.{module_name}"
-        try:
-            module = importlib.import_module(qualified)
-        except ModuleNotFoundError as err:
-            if err.name != qualified:
-                raise
-            # Temporary: the drivers are being added one by one; once all of them exist a
-            # missing one is an error and this fallback goes.
-            self.say(f"driver {module_name}: {qualified} does not exist yet; skipped")
-            return None
+        module = importlib.import_module(qualified)
         factory = getattr(module, "driver", None)
         if callable(factory):
             return factory()  # type: ignore[no-any-return]
