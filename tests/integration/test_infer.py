@@ -12,10 +12,10 @@ import pytest
 
 from lambdas import infer, s3proxy
 from lambdas.core import aws, registry
-from lambdas.core.errors import Unavailable
+from lambdas.core.errors import NotFound, Unavailable
 from lambdas.core.modelstore import LoadedModel, ModelCache, ProxySource
 from lambdas.core.schema import LABELS
-from scripts.bench_infer import ServingStack, pin_manifest, publish
+from scripts.bench_infer import ServingStack, publish
 from tests.unit.test_tfjs_model import ROOT, hand_model, load_numpy, sample_inputs
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -33,7 +33,11 @@ def fresh() -> Any:
 
 
 def write_model(folder: Path, seed: int) -> Path:
+    """A hand-made model as the trainer exports it: in a folder named after its version, its
+    weight paths pinned to that version."""
     model_json, files, _ = hand_model(seed)
+    for group in model_json["weightsManifest"]:
+        group["paths"] = [f"../{folder.name}/{name}" for name in group["paths"]]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.json").write_text(json.dumps(model_json))
     for name, data in files.items():
@@ -259,7 +263,7 @@ def serving(tmp_path: Path) -> Any:
 @pytest.mark.slow
 def test_infer_loads_through_the_proxy_and_never_mixes_versions(serving: Any, tmp_path: Path) -> None:
     s3, reg = serving.clients()
-    publish(s3, reg, serving.bucket, V1, write_model(tmp_path / "a", seed=1))
+    publish(s3, reg, serving.bucket, V1, write_model(tmp_path / V1, seed=1))
     source = ProxySource(f"{serving.api_url}/s3proxy/latest/model.json")
     assert source.current_version() == V1
 
@@ -269,7 +273,7 @@ def test_infer_loads_through_the_proxy_and_never_mixes_versions(serving: Any, tm
     def get_then_publish(url: str) -> tuple[bytes, str]:
         result = real_get(url)
         if url.endswith("/latest/model.json") and not published:  # a new latest lands mid-load
-            publish(s3, reg, serving.bucket, V2, write_model(tmp_path / "b", seed=2))
+            publish(s3, reg, serving.bucket, V2, write_model(tmp_path / V2, seed=2))
             s3proxy.reset()
             published.append(V2)
         return result
@@ -278,14 +282,14 @@ def test_infer_loads_through_the_proxy_and_never_mixes_versions(serving: Any, tm
     loaded = source.load()
     assert loaded is not None and loaded.version == V1 and published == [V2]
     x = sample_inputs(5).astype("float64")
-    assert np.allclose(loaded.model.predict(x), load_numpy(tmp_path / "a").predict(x))
+    assert np.allclose(loaded.model.predict(x), load_numpy(tmp_path / V1).predict(x))
     assert source.current_version() == V2
 
 
 @pytest.mark.slow
 def test_infer_handler_via_proxy_and_tensorflow_js_agree(serving: Any, tmp_path: Path) -> None:
     s3, reg = serving.clients()
-    folder = write_model(tmp_path / "a", seed=3)
+    folder = write_model(tmp_path / V1, seed=3)
     publish(s3, reg, serving.bucket, V1, folder)
     rows = [{"temp": 60 + i, "rh": 30 + i, "wind": 0.1 * i, "clo": 0.5} for i in range(5)]
     status, body = post(rows)
@@ -302,6 +306,13 @@ def test_infer_handler_via_proxy_and_tensorflow_js_agree(serving: Any, tmp_path:
     assert np.abs(np.array(body["rawResult"]) - np.array(json.loads(done.stdout))).max() <= 1e-5
 
 
-def test_publish_pins_weight_paths_to_the_version() -> None:
-    model_json, _, _ = hand_model()
-    assert pin_manifest(model_json, V1)["weightsManifest"][0]["paths"] == [f"../{V1}/group1-shard1of1.bin"]
+@pytest.mark.parametrize("folder", ["unpinned", V2], ids=["bare shard name", "pinned to another version"])
+def test_publish_refuses_a_model_not_pinned_to_its_version(stack: Any, tmp_path: Path, folder: str) -> None:
+    model_dir = write_model(tmp_path / folder, seed=1)
+    reg = registry.Registry(stack.physical["ModelTable"])
+    with pytest.raises(ValueError, match=f"weight path .* is not pinned to {V1}"):
+        publish(aws.s3(), reg, stack.physical["ModelBucket"], V1, model_dir)
+    assert aws.s3().list_objects_v2(Bucket=stack.physical["ModelBucket"]).get("KeyCount") == 0
+    with pytest.raises(NotFound):
+        reg.get_run(V1)
+    assert reg.latest_version() is None

@@ -82,7 +82,7 @@ def test_rollback_restores_the_older_version_for_infer_and_tensorflow_js(
         monkeypatch.setenv("MODEL_REFRESH_S", "0")
         monkeypatch.setenv("LATEST_CACHE_S", "0")
         s3, reg = serving.clients()
-        old, new = write_model(tmp_path / "old", seed=11), write_model(tmp_path / "new", seed=12)
+        old, new = write_model(tmp_path / V1, seed=11), write_model(tmp_path / V2, seed=12)
         publish(s3, reg, serving.bucket, V1, old)
         publish(s3, reg, serving.bucket, V2, new)
         expected_old = load_numpy(old).predict(np.array(ROWS))
