@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -75,3 +77,24 @@ def moto_server() -> Iterator[str]:
     server.reset()
     yield server.url
     server.stop()
+
+
+def subscribe_inbox(topic_arn: str, name: str = "inbox") -> Callable[[], list[dict[str, Any]]]:
+    """Subscribe a new SQS queue to an SNS topic (raw delivery); the function returned drains
+    it and gives the JSON messages received so far, in order."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    boto3.client("sns", region_name=REGION).subscribe(
+        TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
+    )
+
+    def read() -> list[dict[str, Any]]:
+        out = []
+        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            for message in batch:
+                out.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return out
+
+    return read

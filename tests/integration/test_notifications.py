@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from lambdas import promote
@@ -17,6 +16,7 @@ from lambdas.core.registry import Registry, new_version
 from scripts.localcloud import infra
 from scripts.localcloud.driver import Context
 from scripts.localcloud.notifications import FILE_NAME, NotificationsDriver, describe
+from tests.conftest import subscribe_inbox
 from tests.integration.test_trainer_outcomes import settings_for
 from tests.integration.test_trainer_publish import write_samples
 from tests.unit.test_trainer_imds import FakeImds
@@ -32,21 +32,7 @@ def inbox(stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     topic = stack.physical["NotificationsTopic"]
     monkeypatch.setenv("NOTIFY_TOPIC_ARN", topic)
     promote.reset()
-    sqs = boto3.client("sqs", region_name=stack.region)
-    url = sqs.create_queue(QueueName="inbox")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    boto3.client("sns", region_name=stack.region).subscribe(
-        TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
-    )
-
-    def read() -> list[dict[str, Any]]:
-        out = []
-        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-            for message in batch:
-                out.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        return out
-
+    read = subscribe_inbox(topic)
     yield read
     promote.reset()
 

@@ -17,6 +17,7 @@ from lambdas import train
 from lambdas.core import launch, lock, registry
 from lambdas.core.errors import Unavailable
 from scripts.localcloud import infra
+from tests.conftest import subscribe_inbox
 
 PROFILE = "autoretrain-test-profile"
 
@@ -327,20 +328,8 @@ def state_change(instance_id: str, state: str = "terminated") -> dict[str, Any]:
 @pytest.fixture
 def inbox(cfg: train.TrainSettings) -> Any:
     """The notifications topic with a queue subscribed; returns (settings with the topic, read)."""
-    sns, sqs = boto3.client("sns"), boto3.client("sqs")
-    topic = sns.create_topic(Name="train-trigger-test")["TopicArn"]
-    url = sqs.create_queue(QueueName="train-trigger-inbox")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-
-    def read() -> list[dict[str, Any]]:
-        out = []
-        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-            for message in batch:
-                out.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        return out
-
+    topic = boto3.client("sns").create_topic(Name="train-trigger-test")["TopicArn"]
+    read = subscribe_inbox(topic, "train-trigger-inbox")
     return dataclasses.replace(cfg, notify_topic_arn=topic), read
 
 
