@@ -63,7 +63,7 @@ demo: install
 	$(PY) -m scripts.demo
 
 local: install
-	$(PY) -m scripts.localcloud $(ARGS)
+	$(PY) -m localcloud $(ARGS)
 
 bench: install
 	$(PY) -m scripts.bench_infer

@@ -108,7 +108,7 @@ class ServingStack:
         self.cloud: Any = None
 
     def __enter__(self) -> ServingStack:
-        from scripts.localcloud.cloud import LocalCloud
+        from localcloud.cloud import LocalCloud
 
         self._tmp = tempfile.TemporaryDirectory(prefix="serving-")
         state = Path(self._tmp.name)

@@ -27,8 +27,8 @@ from typing import Any
 import requests
 
 from lambdas.core import comfort, launch, registry
+from localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud
 from scripts import models as model_table
-from scripts.localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud
 
 # The original project's client payload, unchanged.
 ORIGINAL_SAMPLE = [

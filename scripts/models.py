@@ -88,7 +88,7 @@ def describe_change(change: dict[str, Any]) -> str:
 
 def use_local_cloud(endpoints: Path = ENDPOINTS) -> dict[str, str]:
     """Point boto3 at the running local cloud and name its resources; returns the settings."""
-    from scripts.localcloud import infra
+    from localcloud import infra
 
     if not endpoints.is_file():
         raise SystemExit(f"{endpoints} not found: start the local cloud first (make local)")

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from lambdas.core import aws
-from scripts.localcloud import infra
+from localcloud import infra
 
 REGION = "us-east-1"
 
@@ -71,7 +71,7 @@ def s3(stack: infra.Stack):
 def moto_server() -> Iterator[str]:
     """A moto server on an ephemeral loopback port, emptied first (moto's state is per
     process, so an earlier test's resources would otherwise still be there). Yields its URL."""
-    from scripts.localcloud.motoserver import MotoServer
+    from localcloud.motoserver import MotoServer
 
     server = MotoServer().start()
     server.reset()

@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from scripts.localcloud import infra
+from localcloud import infra
 
 ROOT = infra.ROOT
 ORIGINAL_PAYLOAD = (
@@ -51,7 +51,7 @@ def local_cloud(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[st
         [
             sys.executable,
             "-m",
-            "scripts.localcloud",
+            "localcloud",
             *("--api-port", "0", "--aws-port", "0", "--state-dir", str(state), "--duration", "120"),
             *("--env", NO_RETRAIN, "--function-log", str(tmp_path / "functions.log")),
         ],

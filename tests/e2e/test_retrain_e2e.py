@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from lambdas.core import comfort, lock, registry
+from localcloud.cloud import LocalCloud
 from scripts import demo
-from scripts.localcloud.cloud import LocalCloud
 
 NOISE = 0.05
 BATCH = 250  # above the local MIN_NEW_SAMPLES (200): one upload triggers one run

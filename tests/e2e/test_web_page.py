@@ -28,9 +28,9 @@ import pytest
 from lambdas.core import comfort
 from lambdas.core.registry import Registry
 from lambdas.core.schema import FEATURE_NAMES, LABELS
+from localcloud import infra
+from localcloud.cloud import LocalCloud
 from scripts import build_web
-from scripts.localcloud import infra
-from scripts.localcloud.cloud import LocalCloud
 
 ROOT = infra.ROOT
 WEB = ROOT / "web"

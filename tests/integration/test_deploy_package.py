@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from localcloud.motoserver import MotoServer
 from scripts import package_functions
-from scripts.localcloud.motoserver import MotoServer
 
 ROOT = Path(__file__).resolve().parents[2]
 OSLS = ROOT / "node_modules" / ".bin" / "osls"

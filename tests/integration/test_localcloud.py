@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import requests
 
-from scripts.localcloud import infra
-from scripts.localcloud.cloud import DRIVER_MODULES, LocalCloud, LocalCloudError
-from scripts.localcloud.scheduler import Cron, ScheduleError, rate_seconds, schedules
+from localcloud import infra
+from localcloud.cloud import DRIVER_MODULES, LocalCloud, LocalCloudError
+from localcloud.scheduler import Cron, ScheduleError, rate_seconds, schedules
 
 ORIGINAL_PAYLOAD = [
     {"created": 1570323309012, "temp": 75, "rh": 60, "wind": 0.6, "clo": 1.0, "label": "ok", "score": -1}

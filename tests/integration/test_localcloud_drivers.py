@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from scripts.localcloud import alarms, infra, instances, streams
-from scripts.localcloud.driver import Context
+from localcloud import alarms, infra, instances, streams
+from localcloud.driver import Context
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 

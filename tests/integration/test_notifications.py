@@ -13,9 +13,9 @@ import pytest
 from lambdas import promote
 from lambdas.core import comfort, notify
 from lambdas.core.registry import Registry, new_version
-from scripts.localcloud import infra
-from scripts.localcloud.driver import Context
-from scripts.localcloud.notifications import FILE_NAME, NotificationsDriver, describe
+from localcloud import infra
+from localcloud.driver import Context
+from localcloud.notifications import FILE_NAME, NotificationsDriver, describe
 from tests.conftest import subscribe_inbox
 from tests.integration.test_trainer_outcomes import settings_for
 from tests.integration.test_trainer_publish import write_samples

@@ -15,8 +15,8 @@ import pytest
 
 from lambdas import train
 from lambdas.core import aws, lock, registry
-from scripts.localcloud import infra, streams
-from scripts.localcloud.driver import Context
+from localcloud import infra, streams
+from localcloud.driver import Context
 
 Records = list[dict[str, Any]]
 

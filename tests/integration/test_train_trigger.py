@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from lambdas import train
 from lambdas.core import launch, lock, registry
 from lambdas.core.errors import Unavailable
-from scripts.localcloud import infra
+from localcloud import infra
 from tests.conftest import subscribe_inbox
 
 PROFILE = "autoretrain-test-profile"

@@ -21,7 +21,7 @@ from moto import mock_aws
 from lambdas.core import comfort
 from lambdas.core.registry import Registry
 from lambdas.core.schema import FEATURE_NAMES, LABELS
-from scripts.localcloud import infra
+from localcloud import infra
 from tests.unit.test_trainer_imds import FakeImds
 from trainer import data, export
 from trainer.config import Settings

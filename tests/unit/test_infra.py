@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.localcloud import infra
+from localcloud import infra
 
 
 def test_infra_resolves_names_per_stage() -> None:

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from lambdas.core import userdata
-from scripts.localcloud import instances
+from localcloud import instances
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/autoretrain-test-trainer:latest"
 VERSION = "v20261123T091432Z-1a2b"

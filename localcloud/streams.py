@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from scripts.localcloud.driver import Context
+from localcloud.driver import Context
 
 REDELIVER_ENV = "LOCALCLOUD_STREAM_REDELIVER"
 STARTING_POSITIONS = ("LATEST", "TRIM_HORIZON")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVERLESS_YML = ROOT / "infra" / "serverless.yml"
 LOCAL_ACCOUNT = "123456789012"
 

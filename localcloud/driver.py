@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import boto3
 
-from scripts.localcloud import infra
+from localcloud import infra
 
 
 @dataclass

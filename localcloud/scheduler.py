@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from scripts.localcloud import infra
+from localcloud import infra
 
 Invoke = Callable[[str, dict[str, Any]], Any]
 Say = Callable[[str], None]

@@ -27,11 +27,11 @@ from typing import Any
 import boto3
 
 from lambdas.core import aws
-from scripts.localcloud import infra
-from scripts.localcloud.apigw import ApiServer
-from scripts.localcloud.driver import Context, Driver
-from scripts.localcloud.motoserver import MotoServer
-from scripts.localcloud.scheduler import Scheduler, schedules
+from localcloud import infra
+from localcloud.apigw import ApiServer
+from localcloud.driver import Context, Driver
+from localcloud.motoserver import MotoServer
+from localcloud.scheduler import Scheduler, schedules
 
 ROOT = infra.ROOT
 DEFAULT_STATE_DIR = Path(".localcloud")
@@ -364,7 +364,7 @@ class LocalCloud:
         return handler  # type: ignore[no-any-return]
 
     def _load_driver(self, module_name: str) -> Driver:
-        qualified = f"scripts.localcloud.{module_name}"
+        qualified = f"localcloud.{module_name}"
         module = importlib.import_module(qualified)
         factory = getattr(module, "driver", None)
         if callable(factory):

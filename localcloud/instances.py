@@ -38,10 +38,10 @@ from typing import Any
 
 import psutil
 
-from scripts.localcloud import infra
-from scripts.localcloud.driver import Context
-from scripts.localcloud.infra import ROOT
-from scripts.localcloud.streams import check_pattern, matches
+from localcloud import infra
+from localcloud.driver import Context
+from localcloud.infra import ROOT
+from localcloud.streams import check_pattern, matches
 
 STANDINS = Path(__file__).with_name("standins")
 SERVICE_TAG = {"Name": "tag:service", "Values": ["autoretrain"]}

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from scripts.localcloud.driver import Context
+from localcloud.driver import Context
 
 FILE_NAME = "notifications.jsonl"
 

@@ -12,7 +12,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from scripts.localcloud.driver import Context
+from localcloud.driver import Context
 
 _COMPARE = {
     "GreaterThanOrEqualToThreshold": lambda v, t: v >= t,

@@ -1,4 +1,4 @@
-"""``python -m scripts.localcloud`` (``make local``): run the local cloud in the foreground
+"""``python -m localcloud`` (``make local``): run the local cloud in the foreground
 until Ctrl-C, SIGTERM or ``--duration`` seconds."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from scripts.localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud
+from localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud
 
 DEFAULT_API_PORT = 3000
 DEFAULT_AWS_PORT = 4566
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m scripts.localcloud", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
     parser.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="0 picks a free port")
     parser.add_argument("--aws-port", type=int, default=DEFAULT_AWS_PORT, help="0 picks a free port")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="endpoints.json, logs")
