@@ -27,7 +27,9 @@ import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+
+from botocore.exceptions import ClientError
 
 from lambdas.core import aws, launch, lock, log, notify, registry, settings, userdata
 from lambdas.core.errors import AutoretrainError, ConfigError, Conflict, NotFound, Unavailable
@@ -356,7 +358,12 @@ def start_run(
     clients: Clients,
     store: lock.LockStore,
 ) -> None:
-    """Record the run, start its instance and its alarm. On failure, give the lock back."""
+    """Record the run, start its instance, then its alarm. On failure, give the lock back.
+
+    An instance never runs without its alarm. The alarm watches the instance id, so it can only
+    be created after the launch; if anything between the two fails (the alarm above all: an
+    IAM gap surfaces there only once the instance runs), the instance is terminated at once and
+    the run fails like a launch that never happened."""
     runs = registry.Registry(cfg.model_table, clients.ddb)
     script = userdata.render(
         region=cfg.launch.region,
@@ -375,17 +382,91 @@ def start_run(
     try:
         instance_id, market = launch.launch_instance(cfg.launch, version, script, ec2=clients.ec2)
     except Unavailable as err:
-        runs.update_run(version, status=registry.FAILED, reason=err.message, ended_at=registry.now_iso())
-        store.transact(lambda s: (lock.undo_acquire(s, version, before), None))
+        _not_started(version, err.message, before, cfg, runs, store)
         raise
-    store.transact(lambda s: (lock.with_instance(s, version, instance_id), None))
-    alarm = launch.alarm_name(cfg.stage, version)
     try:
-        runs.update_run(version, instance_id=instance_id, market=market, alarm=alarm)
-    except Conflict:
-        log.warning("run_finished_before_recorded", version=version, instance_id=instance_id)
-        return
-    launch.put_idle_alarm(cfg.launch, version, instance_id, cloudwatch=clients.cloudwatch)
+        store.transact(lambda s: (lock.with_instance(s, version, instance_id), None))
+        alarm = launch.alarm_name(cfg.stage, version)
+        try:
+            runs.update_run(version, instance_id=instance_id, market=market, alarm=alarm)
+        except Conflict:
+            log.warning("run_finished_before_recorded", version=version, instance_id=instance_id)
+            return
+        launch.put_idle_alarm(cfg.launch, version, instance_id, cloudwatch=clients.cloudwatch)
+    except Exception as err:  # noqa: BLE001 - whatever failed, the instance must not run unwatched
+        _abandon_instance(version, instance_id, market, err, before, cfg, clients, runs, store)
+
+
+def _cause(err: BaseException) -> str:
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"{error.get('Code', 'ClientError')}: {error.get('Message', '')}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _abandon_instance(
+    version: str,
+    instance_id: str,
+    market: str,
+    err: Exception,
+    before: lock.LockState,
+    cfg: TrainSettings,
+    clients: Clients,
+    runs: registry.Registry,
+    store: lock.LockStore,
+) -> NoReturn:
+    """The instance runs but its alarm could not be created: terminate it, fail the run, free
+    the lock. Raises ``Unavailable`` so the batch is retried (the samples are pending again)."""
+    cause = _cause(err)
+    log.error("idle_alarm_failed", version=version, instance_id=instance_id, error=cause)
+    try:
+        launch.terminate(instance_id, ec2=clients.ec2)
+    except Exception as stuck:  # noqa: BLE001 - reported below; the lock keeps the instance
+        # It may still run, unwatched. The lock stays held (with the instance, if recorded) so
+        # no second instance starts; its expiry takes the run over and terminates the instance
+        # (_clean_up_stale), and the user-data's time limit powers it off before that.
+        log.error("instance_left_running", version=version, instance_id=instance_id, error=_cause(stuck))
+        raise Unavailable(
+            f"could not create the idle alarm ({cause}) and instance {instance_id} could not be "
+            f"terminated ({_cause(stuck)}); the lock is kept until it expires",
+            version=version,
+            instance_id=instance_id,
+        ) from err
+    reason = f"could not create the idle alarm ({cause}); the instance was terminated"
+    _not_started(version, reason, before, cfg, runs, store, instance_id=instance_id, market=market)
+    try:
+        # A call that failed late (a timeout after CloudWatch acted) may have left the alarm.
+        launch.delete_alarm(cfg.launch, version, cloudwatch=clients.cloudwatch)
+    except Exception as leftover:  # noqa: BLE001 - an alarm on a terminated instance never fires
+        log.warning("alarm_not_deleted", version=version, error=_cause(leftover))
+    raise Unavailable(reason, version=version, instance_id=instance_id) from err
+
+
+def _not_started(
+    version: str,
+    reason: str,
+    before: lock.LockState,
+    cfg: TrainSettings,
+    runs: registry.Registry,
+    store: lock.LockStore,
+    **fields: Any,
+) -> None:
+    """A run that never got going: recorded ``failed`` with the reason, the lock given back
+    (free, its samples pending again, the launch interval not spent), announced."""
+    try:
+        runs.update_run(version, status=registry.FAILED, reason=reason, ended_at=registry.now_iso(), **fields)
+    except Exception as err:  # noqa: BLE001 - the lock must be given back all the same
+        log.error("run_not_recorded", version=version, error=_cause(err))
+    store.transact(lambda s: (lock.undo_acquire(s, version, before), None))
+    log.error("run_not_started", version=version, reason=reason, **fields)
+    notify.run_outcome(
+        version,
+        registry.FAILED,
+        previous=None,
+        reason=reason,
+        actor="train-trigger",
+        cfg=notify.NotifySettings(cfg.notify_topic_arn),
+    )
 
 
 # handler ------------------------------------------------------------------------------------

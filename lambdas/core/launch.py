@@ -28,6 +28,14 @@ SPOT_CAPACITY_ERRORS = frozenset(
         "MaxSpotInstanceCountExceeded",
     }
 )
+# The first spot request in an account creates the EC2 Spot service-linked role
+# (AWSServiceRoleForEC2Spot) with the caller's permissions; a caller without
+# iam:CreateServiceLinkedRole for spot.amazonaws.com gets this code from RunInstances (EC2 User
+# Guide, "Service-linked role for Spot Instance requests"). The role grants it (infra/README.md,
+# IAM); should the grant be missing, an on-demand launch needs no such role.
+SPOT_ROLE_NOT_PERMITTED = "AuthFailure.ServiceLinkedRoleCreationNotPermitted"
+# Spot refusals that an on-demand launch does not share: worth retrying on-demand.
+SPOT_ONLY_ERRORS = SPOT_CAPACITY_ERRORS | {SPOT_ROLE_NOT_PERMITTED}
 SPOT = "spot"
 ON_DEMAND = "on-demand"
 GONE = frozenset({"shutting-down", "terminated"})
@@ -121,11 +129,11 @@ def launch_instance(cfg: LaunchSettings, version: str, user_data: str, *, ec2: A
             reply = ec2.run_instances(**run_request(cfg, version, user_data, market))
         except ClientError as err:
             code = err.response["Error"]["Code"]
-            if market == SPOT and code in SPOT_CAPACITY_ERRORS:
+            if market == SPOT and code in SPOT_ONLY_ERRORS:
                 log.warning("spot_unavailable", version=version, code=code, fallback=len(markets) > 1)
                 if len(markets) > 1:
                     continue
-                raise Unavailable(f"no spot capacity ({code}) and on-demand fallback is off") from err
+                raise Unavailable(f"spot launch refused ({code}) and on-demand fallback is off") from err
             raise Unavailable(f"could not launch a training instance: {code}") from err
         instance_id = str(reply["Instances"][0]["InstanceId"])
         log.log("instance_launched", version=version, instance_id=instance_id, market=market)
@@ -134,7 +142,13 @@ def launch_instance(cfg: LaunchSettings, version: str, user_data: str, *, ec2: A
 
 
 def put_idle_alarm(cfg: LaunchSettings, version: str, instance_id: str, *, cloudwatch: Any = None) -> str:
-    """The backstop: terminate the instance after N periods of CPU below the threshold."""
+    """The backstop: terminate the instance after N periods of CPU below the threshold.
+
+    No ``Tags``: nothing reads them (the name carries service, stage and version, and every
+    call on the alarm goes by name), and with them PutMetricAlarm also needs
+    ``cloudwatch:TagResource`` (botocore's PutMetricAlarm documentation, ``Tags``) - one more
+    permission, and one more way for the alarm to fail after its instance started.
+    """
     cloudwatch = cloudwatch or aws.client("cloudwatch")
     name = alarm_name(cfg.stage, version)
     cloudwatch.put_metric_alarm(
@@ -151,7 +165,6 @@ def put_idle_alarm(cfg: LaunchSettings, version: str, instance_id: str, *, cloud
         ComparisonOperator="LessThanThreshold",
         TreatMissingData="notBreaching",
         AlarmActions=[f"arn:aws:automate:{cfg.region}:ec2:terminate"],
-        Tags=[{"Key": "service", "Value": SERVICE}, {"Key": "run_version", "Value": version}],
     )
     log.log("alarm_created", version=version, instance_id=instance_id, alarm=name)
     return name

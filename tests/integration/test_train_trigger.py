@@ -169,7 +169,6 @@ def test_launch_makes_exactly_these_ec2_and_cloudwatch_calls(cfg: train.TrainSet
         "ComparisonOperator": "LessThanThreshold",
         "TreatMissingData": "notBreaching",
         "AlarmActions": ["arn:aws:automate:us-east-1:ec2:terminate"],
-        "Tags": [{"Key": "service", "Value": "autoretrain"}, {"Key": "run_version", "Value": version}],
     }
     run = registry.Registry(cfg.model_table).get_run(version)
     assert run["status"] == "training" and run["instance_id"] == "i-0abc" and run["market"] == "spot"
@@ -473,3 +472,131 @@ def test_instance_event_of_a_running_instance_is_ignored(cfg) -> None:
     held = running_run(cfg)
     assert train.instance_ended(str(held.instance_id), "running", cfg, train.Clients.default()) is None
     assert lock.LockStore(cfg.model_table).read() == held
+
+
+# launch safety: no instance without its alarm; spot refusals that on-demand does not share ---
+
+SPOT_ROLE_NOT_PERMITTED = "AuthFailure.ServiceLinkedRoleCreationNotPermitted"
+
+
+class FailingAlarms:
+    """CloudWatch as the real (moto) client, except that creating an alarm raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.real = boto3.client("cloudwatch")
+        self.error = error
+
+    def put_metric_alarm(self, **kwargs: Any) -> Any:
+        raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def client_error(code: str, message: str, operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+def access_denied() -> ClientError:
+    # What PutMetricAlarm answers when the caller lacks cloudwatch:TagResource for its Tags.
+    return client_error(
+        "AccessDenied", "User is not authorized to perform: cloudwatch:TagResource", "PutMetricAlarm"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (access_denied(), "AccessDenied"),
+        (client_error("Throttling", "Rate exceeded", "PutMetricAlarm"), "Throttling"),
+        (RuntimeError("connection reset"), "RuntimeError"),
+    ],
+)
+def test_alarm_failure_terminates_the_instance_and_fails_the_run(cfg, inbox, error, code: str) -> None:
+    cfg, read = inbox
+    clients = train.Clients(boto3.client("dynamodb"), boto3.client("ec2"), FailingAlarms(error))
+    with pytest.raises(Unavailable, match=f"could not create the idle alarm.*{code}"):
+        train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, clients)
+    [instance] = instances()
+    assert instance["State"]["Name"] in ("shutting-down", "terminated")
+    [run] = registry.Registry(cfg.model_table).list_runs()[0]
+    assert run["status"] == "failed" and run["instance_id"] == instance["InstanceId"]
+    assert code in run["reason"] and "terminated" in run["reason"]
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder is None and state.instance_id is None
+    assert state.pending_ids == ("a", "b", "c") and state.last_launch_at == 0
+    [message] = read()
+    assert {k: message[k] for k in ("type", "version", "status", "actor")} == {
+        "type": "run_outcome",
+        "version": run["version"],
+        "status": "failed",
+        "actor": "train-trigger",
+    }
+    assert code in message["reason"]
+    # the samples are still pending: the next batch launches again, this time with its alarm
+    decision = train.process(batch(cfg, ["d"], 10)["Records"], cfg, train.Clients.default())
+    assert decision.launch and decision.launch != run["version"]
+    running = [i for i in instances() if i["State"]["Name"] in ("pending", "running")]
+    assert len(running) == 1 and alarm_names() == [f"autoretrain-test-train-{decision.launch}"]
+
+
+def test_alarm_failure_keeps_the_lock_when_the_instance_cannot_be_terminated(cfg) -> None:
+    """The instance may still run without its alarm: the lock stays held with it, so no second
+    instance starts, and its expiry terminates it (see the expired-lock test above)."""
+    ec2 = boto3.client("ec2")
+
+    class NoTerminate:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(ec2, name)
+
+        def terminate_instances(self, **kwargs: Any) -> Any:
+            raise client_error("InternalError", "try again later", "TerminateInstances")
+
+    clients = train.Clients(boto3.client("dynamodb"), NoTerminate(), FailingAlarms(access_denied()))
+    with pytest.raises(Unavailable, match="could not be terminated"):
+        train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, clients)
+    [instance] = instances()
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder and state.instance_id == instance["InstanceId"]
+    assert registry.Registry(cfg.model_table).get_run(state.holder)["status"] == "training"
+    # the expired lock is taken over and the instance terminated
+    later = time.time() + cfg.lock_ttl_s + 1
+    train.process(batch(cfg, ["d", "e", "f"], 10)["Records"], cfg, train.Clients.default(), now=later)
+    states = {i["InstanceId"]: i["State"]["Name"] for i in instances()}
+    assert states[instance["InstanceId"]] in ("shutting-down", "terminated")
+
+
+def spot_role_not_permitted() -> ClientError:
+    # EC2's answer to the first spot request in an account when the caller may not create the
+    # Spot service-linked role (AWSServiceRoleForEC2Spot).
+    message = (
+        "The provided credentials do not have permission to create the service-linked role "
+        "for EC2 Spot Instances."
+    )
+    return client_error(SPOT_ROLE_NOT_PERMITTED, message, "RunInstances")
+
+
+def test_launch_falls_back_to_on_demand_when_spot_may_not_create_its_service_linked_role(cfg) -> None:
+    ec2 = Recorder({"run_instances": [spot_role_not_permitted(), {"Instances": [{"InstanceId": "i-0od"}]}]})
+    assert launch.launch_instance(cfg.launch, "v20261123T091432Z-1a2b", "#!/bin/bash\n", ec2=ec2) == (
+        "i-0od",
+        "on-demand",
+    )
+    first, second = (kwargs for _, kwargs in ec2.calls)
+    assert "InstanceMarketOptions" in first and "InstanceMarketOptions" not in second
+
+
+def test_launch_without_fallback_names_the_spot_refusal(cfg) -> None:
+    spot_only = dataclasses.replace(cfg.launch, spot_fallback_on_demand=False)
+    ec2 = Recorder({"run_instances": [spot_role_not_permitted()]})
+    with pytest.raises(Unavailable, match=f"{SPOT_ROLE_NOT_PERMITTED}.*on-demand fallback is off"):
+        launch.launch_instance(spot_only, "v20261123T091432Z-1a2b", "#!/bin/bash\n", ec2=ec2)
+    assert len(ec2.calls) == 1
+
+
+@pytest.mark.parametrize("code", ["UnauthorizedOperation", "InvalidParameterValue", "AuthFailure"])
+def test_launch_does_not_retry_on_demand_what_on_demand_would_refuse_too(cfg, code: str) -> None:
+    ec2 = Recorder({"run_instances": [capacity_error(code)]})
+    with pytest.raises(Unavailable, match=f"could not launch a training instance: {code}"):
+        launch.launch_instance(cfg.launch, "v20261123T091432Z-1a2b", "#!/bin/bash\n", ec2=ec2)
+    assert len(ec2.calls) == 1
