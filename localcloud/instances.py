@@ -1,15 +1,19 @@
 """Instance runner: what EC2 would do with a training instance, on this machine.
 
 For every pending/running instance tagged ``service=autoretrain`` it runs the instance's real
-user-data with bash, in a temporary directory, with ``standins/`` first on PATH (``aws``,
-``docker`` and ``shutdown`` stand-ins: the trainer runs as a local process and ``shutdown``
-terminates the instance through the EC2 API). While it runs, the CPU use of its process tree
-is published as the instance's ``AWS/EC2 CPUUtilization``; if the instance is terminated from
-outside (the idle alarm, a test) the process tree is killed, as a real termination would.
+user-data with bash, in a temporary directory, with exactly the AMI's commands on PATH: a
+per-instance bin directory built from ``localcloud/ami.py`` (host binaries for the ordinary
+commands, stand-ins for ``docker``, ``dnf`` and ``shutdown``; ``aws`` appears only once the
+user-data runs ``dnf install awscli-2``, as on the real AMI). The trainer runs as a local
+process and ``shutdown`` terminates the instance through the EC2 API. While it runs, the CPU use
+of its process tree is published as the instance's ``AWS/EC2 CPUUtilization``; if the instance is
+terminated from outside (the idle alarm, a test) the process tree is killed, as a real termination would.
 
-A fake IMDSv2 serves the token, ``meta-data/instance-id`` and
+A fake IMDSv2 serves the token, ``meta-data/instance-id``,
 ``meta-data/spot/instance-action`` (404 until a notice is requested with ``spot_notice()`` or
-by creating ``<state_dir>/spot-notice-<instance-id>``).
+by creating ``<state_dir>/spot-notice-<instance-id>``) and ``meta-data/iam/security-credentials/``
+(the role of the instance's profile, and its credentials: obtained with STS AssumeRole when the
+instance starts, so the user-data and the trainer act as the instance role, as on EC2).
 
 When an instance's work has ended because the instance went away (its own shutdown, the idle
 alarm, a terminate from outside), the runner sends the state changes EC2 would put on
@@ -38,21 +42,23 @@ from typing import Any
 
 import psutil
 
-from localcloud import infra
+from localcloud import ami, infra
 from localcloud.driver import Context
 from localcloud.infra import ROOT
 from localcloud.streams import check_pattern, matches
 
-STANDINS = Path(__file__).with_name("standins")
 SERVICE_TAG = {"Name": "tag:service", "Values": ["autoretrain"]}
 ACTIVE = ["pending", "running"]
 # Replace the trainer command (e.g. one that hangs idle, to show the alarm at work).
 TRAINER_CMD_ENV = "LOCALCLOUD_TRAINER_CMD"
+# Make the dnf stand-in fail, as when the package repository is unreachable.
+DNF_FAIL_ENV = "LOCALCLOUD_DNF_FAIL"
 # Written by the shutdown stand-in in the instance's HOME: the instance powered itself off.
 POWERED_OFF = "powered-off"
 # How long a powered-off instance's user-data may take to finish its last lines.
 POWER_OFF_GRACE_S = 5.0
 STATE_CHANGE = "EC2 Instance State-change Notification"
+CREDENTIALS_PATH = "latest/meta-data/iam/security-credentials"
 # The states EC2 reports on the way out of a termination, in order.
 TERMINATION_STATES = ("shutting-down", "terminated")
 
@@ -64,6 +70,8 @@ class Imds:
         self.state_dir = state_dir
         self.notices: dict[str, dict[str, str]] = {}
         self.tokens: set[str] = set()
+        # instance id -> (role name, credentials document as EC2 serves it)
+        self.roles: dict[str, tuple[str, dict[str, str]]] = {}
         imds = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,6 +106,14 @@ class Imds:
                 elif rest == "latest/meta-data/spot/instance-action":
                     notice = imds.notice(instance_id)
                     self._send(200, json.dumps(notice)) if notice else self._send(404)
+                elif rest.startswith(CREDENTIALS_PATH):
+                    # An instance without a profile has no such path on EC2 either.
+                    role = imds.roles.get(instance_id)
+                    asked = rest[len(CREDENTIALS_PATH) :].strip("/")
+                    if role is None or asked not in ("", role[0]):
+                        self._send(404)
+                    else:
+                        self._send(200, role[0] if not asked else json.dumps(role[1]))
                 else:
                     self._send(404)
 
@@ -116,6 +132,22 @@ class Imds:
             self.spot_notice(instance_id)
         return self.notices.get(instance_id)
 
+    def set_role(self, instance_id: str, role_name: str, credentials: dict[str, Any]) -> None:
+        """Serve ``credentials`` (STS Credentials) as the instance role's, shaped as EC2's IMDS
+        serves them (AWSEC2 user guide, instance-metadata-security-credentials.html)."""
+        self.roles[instance_id] = (
+            role_name,
+            {
+                "Code": "Success",
+                "LastUpdated": _iso(datetime.now(UTC)),
+                "Type": "AWS-HMAC",
+                "AccessKeyId": credentials["AccessKeyId"],
+                "SecretAccessKey": credentials["SecretAccessKey"],
+                "Token": credentials["SessionToken"],
+                "Expiration": _iso(credentials["Expiration"]),
+            },
+        )
+
     def spot_notice(self, instance_id: str, in_seconds: int = 120) -> None:
         at = datetime.fromtimestamp(time.time() + in_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.notices[instance_id] = {"action": "terminate", "time": at}
@@ -128,24 +160,50 @@ class Imds:
         self.server.server_close()
 
 
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def instance_env(
     instance_id: str, *, aws_endpoint: str, region: str, imds_endpoint: str, workdir: Path
 ) -> dict[str, str]:
-    """The environment the user-data runs in: stand-ins first on PATH, this venv's python."""
-    path = os.pathsep.join([str(STANDINS), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    """The environment the user-data runs in. PATH is only ``workdir/bin``, filled with the
+    AMI's commands (localcloud/ami.py): what the AMI lacks is "command not found" here too.
+    No credentials: the stand-ins that call AWS as the instance use its role through IMDS."""
+    bin_dir = ami.populate(workdir / "bin")
     env = {
-        "PATH": path,
+        "PATH": str(bin_dir),
         "HOME": str(workdir),
+        "LOCALCLOUD_BIN": str(bin_dir),
         "LOCALCLOUD_INSTANCE_ID": instance_id,
         "LOCALCLOUD_AWS_ENDPOINT": aws_endpoint,
         "LOCALCLOUD_REGION": region,
         "LOCALCLOUD_IMDS_ENDPOINT": imds_endpoint,
         "LOCALCLOUD_ROOT": str(ROOT),
-        "LOCALCLOUD_TRAINER_PATH": path,
+        # Inside the trainer's container: the image has python (here: this venv's).
+        "LOCALCLOUD_TRAINER_PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
     }
-    if os.environ.get(TRAINER_CMD_ENV):
-        env[TRAINER_CMD_ENV] = os.environ[TRAINER_CMD_ENV]
+    for name in (TRAINER_CMD_ENV, DNF_FAIL_ENV):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
     return env
+
+
+def role_credentials(ec2: Any, iam: Any, sts: Any, instance_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The role of the instance's profile and fresh credentials for it (STS AssumeRole, what
+    EC2 does for the instance), or None for an instance launched without a profile."""
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    profile_arn = (instance.get("IamInstanceProfile") or {}).get("Arn")
+    if not profile_arn:
+        return None
+    # arn:aws:iam::<account>:instance-profile/<path/>name
+    profile_name = profile_arn.rsplit("/", 1)[-1]
+    roles = iam.get_instance_profile(InstanceProfileName=profile_name)["InstanceProfile"]["Roles"]
+    if not roles:
+        return None
+    role = roles[0]
+    credentials = sts.assume_role(RoleArn=role["Arn"], RoleSessionName=instance_id)["Credentials"]
+    return str(role["RoleName"]), dict(credentials)
 
 
 def tree_cpu_percent(proc: psutil.Process, interval: float) -> float:
@@ -220,6 +278,8 @@ class InstanceRunner:
         self.ctx = ctx
         self.ec2 = ctx.client("ec2")
         self.cloudwatch = ctx.client("cloudwatch")
+        self.iam = ctx.client("iam")
+        self.sts = ctx.client("sts")
         self.rules = event_rules(ctx.stack)
         create_instance_profiles(ctx)
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +330,13 @@ class InstanceRunner:
         attr = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
         script = base64.b64decode(attr.get("UserData", {}).get("Value", "")).decode()
         assert self.imds is not None
+        try:
+            role = role_credentials(self.ec2, self.iam, self.sts, instance_id)
+        except Exception as err:  # noqa: BLE001 - the instance still boots, as one whose role is broken
+            self.ctx.say(f"instance {instance_id}: no role credentials: {err!r}")
+            role = None
+        if role:
+            self.imds.set_role(instance_id, *role)
         workdir = Path(tempfile.mkdtemp(prefix=f"{instance_id}-"))
         (workdir / "user-data.sh").write_text(script)
         log_path = self.ctx.state_dir / f"instance-{instance_id}.log"
@@ -368,7 +435,9 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
 
 def create_instance_profiles(ctx: Context) -> None:
     """Create the stack's instance profiles (and their roles) in moto, which checks that the
-    profile given to run_instances exists, and record their ARNs for Fn::GetAtt."""
+    profile given to run_instances exists, and record their ARNs for Fn::GetAtt. A profile that
+    already carries its role (infra.create_resources made it, from serverless.yml) is left as
+    it is: a profile holds one role, and the instance runs as that one."""
     iam = ctx.client("iam")
     for logical, spec in ctx.stack.resources_of_type("AWS::IAM::InstanceProfile").items():
         name = f"{ctx.stack.config.get('service', 'autoretrain')}-{ctx.stack.stage}-{logical}"
@@ -376,6 +445,10 @@ def create_instance_profiles(ctx: Context) -> None:
             profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
         except iam.exceptions.EntityAlreadyExistsException:
             profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        ctx.stack.physical[logical] = name
+        ctx.stack.arns[f"{logical}.Arn"] = profile["Arn"]
+        if profile.get("Roles"):
+            continue
         for role in spec.get("Properties", {}).get("Roles", []):
             role_logical = role.get("Ref") if isinstance(role, dict) else str(role)
             role_name = f"{name}-{role_logical}"[:64]
@@ -384,5 +457,3 @@ def create_instance_profiles(ctx: Context) -> None:
                 iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
             except iam.exceptions.EntityAlreadyExistsException:
                 pass
-        ctx.stack.physical[logical] = name
-        ctx.stack.arns[f"{logical}.Arn"] = profile["Arn"]

@@ -34,7 +34,8 @@ def ctx(tmp_path: Path, moto_server: str) -> Iterator[Context]:
     yield context
 
 
-def launch(ctx: Context, user_data: str = "#!/bin/bash\nsleep 600\n") -> str:
+def launch(ctx: Context, user_data: str = "#!/bin/bash\nsleep 600\n", profile_arn: str | None = None) -> str:
+    extra: dict[str, Any] = {"IamInstanceProfile": {"Arn": profile_arn}} if profile_arn else {}
     return ctx.client("ec2").run_instances(
         ImageId="ami-12c6146b",
         MinCount=1,
@@ -43,6 +44,7 @@ def launch(ctx: Context, user_data: str = "#!/bin/bash\nsleep 600\n") -> str:
         TagSpecifications=[
             {"ResourceType": "instance", "Tags": [{"Key": "service", "Value": "autoretrain"}]}
         ],
+        **extra,
     )["Instances"][0]["InstanceId"]
 
 
@@ -132,15 +134,14 @@ def test_alarm_evaluator_terminates_an_idle_instance_and_spares_a_busy_one(ctx: 
 @pytest.mark.slow
 def test_instance_runner_runs_user_data_reports_cpu_and_serves_imds(ctx: Context, tmp_path: Path) -> None:
     marker = tmp_path / "imds.txt"
+    # Only the AMI's commands (localcloud/ami.py): curl, not python3; a bash busy loop for CPU.
     script = (
         "#!/bin/bash\nset -euo pipefail\n"
-        'token=$(python3 -c "import urllib.request as u,os;'
-        "print(u.urlopen(u.Request(os.environ['LOCALCLOUD_IMDS_ENDPOINT']+'/latest/api/token',method='PUT',"
-        "headers={'X-aws-ec2-metadata-token-ttl-seconds':'60'})).read().decode())\")\n"
-        'python3 -c "import urllib.request as u,os,sys;'
-        "print(u.urlopen(u.Request(os.environ['LOCALCLOUD_IMDS_ENDPOINT']+'/latest/meta-data/instance-id',"
-        f'headers={{\'X-aws-ec2-metadata-token\':sys.argv[1]}})).read().decode())" "$token" > {marker}\n'
-        "python3 -c 'import time\nt=time.time()\nwhile time.time()-t<3: pass'\n"
+        "token=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "
+        '"$LOCALCLOUD_IMDS_ENDPOINT/latest/api/token")\n'
+        'curl -sf -H "X-aws-ec2-metadata-token: $token" '
+        f'"$LOCALCLOUD_IMDS_ENDPOINT/latest/meta-data/instance-id" > {marker}\n'
+        'end=$((SECONDS + 3)); while [ "$SECONDS" -lt "$end" ]; do :; done\n'
         "shutdown -h now\n"
     )
     instance_id = launch(ctx, script)
@@ -167,6 +168,61 @@ def test_instance_runner_runs_user_data_reports_cpu_and_serves_imds(ctx: Context
         Statistics=["Maximum"],
     )
     assert max(p["Maximum"] for p in stats["Datapoints"]) > 20  # the busy loop showed up
+
+
+def wait_for(runner: instances.InstanceRunner, instance_id: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while instance_id not in runner.exit_codes and time.time() < deadline:
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_instance_runner_gives_the_trainer_the_instance_role_through_imds(
+    ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on EC2: no keys anywhere; botocore's chain in the trainer's process finds the role's
+    credentials (IMDSv2) that the runner obtained with STS AssumeRole for the instance profile."""
+    from lambdas.core import userdata
+
+    found = tmp_path / "credentials.json"
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(
+        "import json, os, botocore.session\n"
+        "c = botocore.session.get_session().get_credentials()\n"
+        "f = c.get_frozen_credentials()\n"
+        f"json.dump({{'method': c.method, 'key': f.access_key, 'secret': f.secret_key, 'token': f.token,"
+        f" 'env': sorted(os.environ)}}, open({str(found)!r}, 'w'))\n"
+    )
+    monkeypatch.setenv(instances.TRAINER_CMD_ENV, f"python3 {trainer}")
+    runner = instances.InstanceRunner(poll_s=0.2, metric_period_s=0.5)
+    runner.start(ctx)
+    [profile] = ctx.stack.resources_of_type("AWS::IAM::InstanceProfile")
+    script = userdata.render(
+        region="us-east-1",
+        image="123456789012.dkr.ecr.us-east-1.amazonaws.com/autoretrain-test-trainer:latest",
+        time_limit_s=60,
+        run_version="v1",
+        environment={"RUN_VERSION": "v1"},
+        install_retry_s=0,
+    )
+    instance_id = launch(ctx, script, profile_arn=ctx.stack.arns[f"{profile}.Arn"])
+    wait_for(runner, instance_id, 60)
+    assert runner.imds is not None
+    role_name, served = runner.imds.roles[instance_id]
+    runner.stop()
+    assert runner.exit_codes[instance_id] == 0
+    got = json.loads(found.read_text())
+    assert got["method"] == "iam-role"
+    assert (got["key"], got["secret"], got["token"]) == (
+        served["AccessKeyId"],
+        served["SecretAccessKey"],
+        served["Token"],
+    )
+    assert served["Code"] == "Success" and served["Type"] == "AWS-HMAC" and served["Expiration"]
+    assert served["AccessKeyId"] != "testing"  # STS's, not the local cloud's admin key
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED"} & set(got["env"])
+    role = ctx.client("iam").get_instance_profile(InstanceProfileName=ctx.stack.physical[profile])
+    assert role_name == role["InstanceProfile"]["Roles"][0]["RoleName"]
 
 
 @pytest.mark.slow
