@@ -1,0 +1,392 @@
+"""Verify S3 presigned URLs (query-string authentication) as S3 does, for the local cloud.
+
+moto never checks a presigned URL's signature or expiry (DESIGN.md), so a URL moved to another
+key, a tampered query or an expired URL would all work offline and fail in AWS. This module is
+the check; a WSGI middleware in front of moto calls ``verify_presigned`` for requests that
+``is_presigned`` and answers a ``PresignError`` with ``s3_error_xml``.
+
+What S3 does, and where it is written down:
+- the algorithm (canonical request, string to sign, signing key; query parameters, X-Amz-Expires
+  at most 604800 s, payload hash UNSIGNED-PAYLOAD):
+  https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html
+- UriEncode (every byte but A-Z a-z 0-9 - _ . ~ as %XY in upper case, "/" kept in the path only)
+  and "do not normalize URI paths" for S3, which URI-encodes the path once, not twice:
+  https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html,
+  https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html
+- error codes and statuses: https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html;
+  the messages are S3's own as quoted in public reports, each named where it is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from xml.sax.saxutils import escape
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+MAX_EXPIRES_S = 604800  # seven days: the signing key is valid for at most that long (sigv4-query-string-auth)
+# How far in the future X-Amz-Date may be before S3 says "Request is not yet valid". S3 allows
+# 15 minutes of clock skew for signed requests (RequestTimeTooSkewed, ErrorResponses); that the
+# same allowance applies to a presigned URL's X-Amz-Date is our assumption.
+NOT_YET_VALID_SKEW_S = 900
+
+SIGV4_PARAMS = (
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+)
+SIGV2_PARAMS = ("AWSAccessKeyId", "Signature", "Expires")
+_SIGV4_MARKERS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature")
+_SIGV2_MARKERS = ("AWSAccessKeyId", "Signature")
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_CREDENTIAL_DATE = re.compile(r"\d{8}")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class PresignError(Exception):
+    """S3's refusal of a presigned request: the HTTP status, S3's error code and message, and
+    the extra elements S3 adds to its <Error> document."""
+
+    status = 403
+    code = "AccessDenied"
+
+    def __init__(self, message: str, **extra: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def xml(self) -> bytes:
+        return s3_error_xml(self.code, self.message, **self.extra)
+
+
+class SignatureVersionNotSupported(PresignError):
+    """SigV2 query authentication (AWSAccessKeyId/Signature/Expires). Buckets created after
+    June 24, 2020 refuse SigV2 (https://repost.aws/questions/QU5OKPZ-HnS1SHXX6dUbGi2w). S3's
+    answer to a SigV2 request where it does not take SigV2, 400 InvalidRequest with this
+    message, is quoted in https://github.com/ravsau/aws-labs/issues/4 and
+    https://github.com/nfrastack/db-backup/issues/57."""
+
+    status = 400
+    code = "InvalidRequest"
+
+
+class AuthorizationQueryParametersError(PresignError):
+    """Missing or malformed X-Amz-* parameters: 400 (ErrorResponses)."""
+
+    status = 400
+    code = "AuthorizationQueryParametersError"
+
+
+class MixedAuthentication(PresignError):
+    """A presigned URL sent with an Authorization header too: S3 answers 400 InvalidArgument
+    "Only one auth mechanism allowed" (reported by many clients that forward Authorization
+    across a redirect to S3; the full message below is S3's as we remember it)."""
+
+    status = 400
+    code = "InvalidArgument"
+
+
+class InvalidAccessKeyId(PresignError):
+    """An access key the account does not have: 403 (ErrorResponses)."""
+
+    code = "InvalidAccessKeyId"
+
+
+class RequestExpired(PresignError):
+    """X-Amz-Date + X-Amz-Expires is past: 403 AccessDenied "Request has expired", with
+    X-Amz-Expires, Expires and ServerTime (S3's document quoted in
+    https://github.com/aws/aws-sdk-php/issues/1333)."""
+
+
+class RequestNotYetValid(PresignError):
+    """X-Amz-Date is in the future: 403 AccessDenied "Request is not yet valid" (S3's document
+    quoted in https://github.com/minio/minio/issues/2638)."""
+
+
+class SignatureDoesNotMatch(PresignError):
+    """The signature is not the one the canonical request gives: 403 (ErrorResponses)."""
+
+    code = "SignatureDoesNotMatch"
+
+
+MISSING_PARAMS = (
+    "Query-string authentication version 4 requires the X-Amz-Algorithm, X-Amz-Credential, "
+    "X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters."
+)
+
+
+@dataclass(frozen=True)
+class Presigned:
+    """A presigned request that passed: who signed it, for where, and when it stops working."""
+
+    access_key: str
+    session_token: str | None
+    region: str
+    service: str
+    expires_at: float
+    signed_at: float
+
+
+def query_params(raw_query: str) -> dict[str, list[str]]:
+    """The query as S3 reads it: percent-decoded, "+" as a space, blank values kept, in order."""
+    out: dict[str, list[str]] = {}
+    for name, value in _pairs(raw_query):
+        out.setdefault(_text(name), []).append(_text(value))
+    return out
+
+
+def is_presigned(query: Mapping[str, list[str]]) -> bool:
+    """Whether a request authenticates in its query (SigV4 or SigV2), e.g. ``parse_qs``'s result."""
+    return any(name in query for name in (*_SIGV4_MARKERS, *_SIGV2_MARKERS))
+
+
+def verify_presigned(
+    *,
+    method: str,
+    host: str,
+    raw_path: str,
+    raw_query: str,
+    headers: Mapping[str, str],
+    secret_for: Callable[[str], str | None],
+    now: float | None = None,
+) -> Presigned:
+    """Check a presigned request as S3 would, or raise the ``PresignError`` S3 would answer.
+
+    ``host`` is the Host header as received (with its port, e.g. ``127.0.0.1:4566``);
+    ``raw_path`` and ``raw_query`` are the request target's path and query as sent, still
+    percent-encoded; ``secret_for`` gives an access key's secret, or None if there is no such key.
+    """
+    now = time.time() if now is None else now
+    pairs = _pairs(raw_query)
+    names = [_text(name) for name, _ in pairs]
+    if not any(marker in names for marker in _SIGV4_MARKERS):
+        if any(marker in names for marker in _SIGV2_MARKERS):
+            raise SignatureVersionNotSupported(
+                "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
+            )
+        raise AuthorizationQueryParametersError(MISSING_PARAMS)
+    if any(name.lower() == "authorization" for name in headers):
+        raise MixedAuthentication(
+            "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query "
+            "string parameter or the Authorization header should be specified"
+        )
+    params = _auth_params(pairs)
+
+    # The AuthorizationQueryParametersError messages are S3's as S3-compatible servers copy them
+    # (minio's cmd/api-errors.go, noobaa, ozone, s3rver agree word for word); those for a
+    # credential's date, service and terminal are S3's as we remember them, not checked.
+    if params.get("X-Amz-Algorithm") != ALGORITHM:
+        raise AuthorizationQueryParametersError('X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
+    if any(not params.get(name) for name in SIGV4_PARAMS):
+        raise AuthorizationQueryParametersError(MISSING_PARAMS)
+
+    access_key, scope_date, region, service = _credential(params["X-Amz-Credential"])
+    amz_date = params["X-Amz-Date"]
+    if not _AMZ_DATE.fullmatch(amz_date):
+        raise AuthorizationQueryParametersError(
+            "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\""
+        )
+    try:
+        signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError as err:
+        raise AuthorizationQueryParametersError(
+            "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\""
+        ) from err
+    if scope_date != amz_date[:8]:
+        raise AuthorizationQueryParametersError(
+            f'Invalid credential date "{scope_date}". '
+            f'This date is not the same as X-Amz-Date: "{amz_date[:8]}".'
+        )
+    expires_in = _expires(params["X-Amz-Expires"])
+    signed_headers = params["X-Amz-SignedHeaders"].split(";")
+    if "host" not in signed_headers:
+        # Our wording: S3 signs the host always, and a URL that does not is not one it issues.
+        raise AuthorizationQueryParametersError("X-Amz-SignedHeaders must include host")
+
+    secret = secret_for(access_key)
+    if secret is None:
+        raise InvalidAccessKeyId(
+            "The AWS Access Key Id you provided does not exist in our records.", AWSAccessKeyId=access_key
+        )
+
+    expires_at = signed_at + expires_in
+    timing = {
+        "X-Amz-Expires": str(expires_in),
+        "Expires": _iso(expires_at),
+        "ServerTime": _iso(now),
+    }
+    if expires_at < now:
+        raise RequestExpired("Request has expired", **timing)
+    if signed_at > now + NOT_YET_VALID_SKEW_S:
+        raise RequestNotYetValid("Request is not yet valid", **{"X-Amz-Date": amz_date, **timing})
+
+    canonical_request = "\n".join(
+        [
+            method.upper(),
+            _canonical_path(raw_path),
+            _canonical_query(pairs),
+            "".join(f"{name}:{_header_value(name, host, headers)}\n" for name in signed_headers),
+            params["X-Amz-SignedHeaders"],
+            UNSIGNED_PAYLOAD,
+        ]
+    )
+    scope = f"{scope_date}/{region}/{service}/aws4_request"
+    string_to_sign = "\n".join(
+        [ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+    )
+    key = _hmac(f"AWS4{secret}".encode(), scope_date)
+    for part in (region, service, "aws4_request"):
+        key = _hmac(key, part)
+    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    provided = params["X-Amz-Signature"]
+    if not (provided.isascii() and hmac.compare_digest(expected, provided.lower())):
+        # S3's message, quoted in https://github.com/aws/aws-sdk-js/issues/1802; S3 adds these
+        # elements too, which is what makes a mismatch debuggable.
+        raise SignatureDoesNotMatch(
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your key and signing method.",
+            AWSAccessKeyId=access_key,
+            StringToSign=string_to_sign,
+            SignatureProvided=provided,
+            CanonicalRequest=canonical_request,
+        )
+    return Presigned(
+        access_key=access_key,
+        session_token=params.get("X-Amz-Security-Token"),
+        region=region,
+        service=service,
+        expires_at=expires_at,
+        signed_at=signed_at,
+    )
+
+
+def s3_error_xml(code: str, message: str, **extra: str) -> bytes:
+    """S3's <Error> document (ErrorResponses): Code, Message, then any extra elements in order.
+    Extra names such as "X-Amz-Expires" are passed with ``**{"X-Amz-Expires": "60"}``."""
+    elements = [("Code", code), ("Message", message), *extra.items()]
+    for name, _ in elements:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"not an XML element name: {name!r}")
+    body = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in elements)
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>{body}</Error>'.encode()
+
+
+# internals -------------------------------------------------------------------------------
+
+
+def _pairs(raw_query: str) -> list[tuple[bytes, bytes]]:
+    """Name and value bytes of each query parameter, percent-decoded; "+" means a space, as in
+    every form-encoded query (a literal plus arrives as %2B)."""
+    out = []
+    for item in raw_query.split("&"):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        out.append((_decode(name), _decode(value)))
+    return out
+
+
+def _decode(component: str) -> bytes:
+    return urllib.parse.unquote_to_bytes(component.replace("+", "%20"))
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def _auth_params(pairs: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for raw_name, raw_value in pairs:
+        name = _text(raw_name)
+        if not name.startswith("X-Amz-"):
+            continue
+        if name in params:
+            # Our wording; one value each is what a signer writes, and two leave it open which counts.
+            raise AuthorizationQueryParametersError(f"{name} must appear once in the query")
+        params[name] = _text(raw_value)
+    return params
+
+
+def _credential(value: str) -> tuple[str, str, str, str]:
+    parts = value.split("/")
+    if len(parts) != 5 or not all(parts):
+        raise AuthorizationQueryParametersError(
+            "Error parsing the X-Amz-Credential parameter; the Credential is mal-formed; "
+            'expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".'
+        )
+    access_key, scope_date, region, service, terminal = parts
+    if not _CREDENTIAL_DATE.fullmatch(scope_date):
+        raise AuthorizationQueryParametersError(
+            f'Error parsing the X-Amz-Credential parameter; incorrect date format "{scope_date}". '
+            'This date in the credential must be in the format "yyyyMMdd".'
+        )
+    if service != "s3":
+        raise AuthorizationQueryParametersError(
+            f'Error parsing the X-Amz-Credential parameter; incorrect service "{service}". '
+            'This endpoint belongs to "s3".'
+        )
+    if terminal != "aws4_request":
+        raise AuthorizationQueryParametersError(
+            f'Error parsing the X-Amz-Credential parameter; incorrect terminal "{terminal}". '
+            'This endpoint uses "aws4_request".'
+        )
+    return access_key, scope_date, region, service
+
+
+def _expires(value: str) -> int:
+    if not _INTEGER.fullmatch(value):
+        raise AuthorizationQueryParametersError("X-Amz-Expires should be a number")
+    seconds = int(value)
+    if seconds < 0:
+        raise AuthorizationQueryParametersError("X-Amz-Expires must be non-negative")
+    if seconds > MAX_EXPIRES_S:
+        # S3's message, quoted in https://github.com/aws/aws-cli/issues/5464 (604800 itself passes).
+        raise AuthorizationQueryParametersError(
+            "X-Amz-Expires must be less than a week (in seconds); that is, the given X-Amz-Expires "
+            "must be less than 604800 seconds"
+        )
+    return seconds
+
+
+def _uri_encode(raw: bytes, *, keep_slash: bool) -> str:
+    # quote() leaves A-Z a-z 0-9 _ . - ~ alone and writes upper-case hex: S3's UriEncode.
+    return urllib.parse.quote(raw, safe="/" if keep_slash else "")
+
+
+def _canonical_path(raw_path: str) -> str:
+    """S3 encodes the key once and never normalises it ("a//b", "..", "%2F" are key bytes), so
+    the canonical path is the sent path decoded once and UriEncoded again."""
+    return _uri_encode(urllib.parse.unquote_to_bytes(raw_path or "/"), keep_slash=True)
+
+
+def _canonical_query(pairs: list[tuple[bytes, bytes]]) -> str:
+    encoded = sorted(
+        (_uri_encode(name, keep_slash=False), _uri_encode(value, keep_slash=False))
+        for name, value in pairs
+        if name != b"X-Amz-Signature"
+    )
+    return "&".join(f"{name}={value}" for name, value in encoded)
+
+
+def _header_value(name: str, host: str, headers: Mapping[str, str]) -> str:
+    # The host is the Host header as received, port included; it is passed apart from the rest.
+    value = host if name == "host" else next((v for k, v in headers.items() if k.lower() == name), "")
+    return " ".join(value.split())
+
+
+def _hmac(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
