@@ -49,7 +49,7 @@ $(SYSTEM_STAMP):
 install: $(STAMP) $(NODE_STAMP) $(SYSTEM_STAMP)
 
 test: install
-	$(PY) -m pytest
+	IAM_COVERAGE=strict $(PY) -m pytest
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not e2e"

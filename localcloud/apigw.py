@@ -4,8 +4,12 @@ Every ``http`` event of serverless.yml becomes a route; a request that matches o
 into the proxy event API Gateway would send, the function runs in-process, and its proxy
 response is written back. What API Gateway does on its own is emulated too: CORS preflights
 for ``cors: true`` routes, the 10 MB request limit (413), a failed or malformed function
-response (502), Lambda's 6 MB response limit (502). The 29 s integration timeout is not
-enforced (a handler cannot be interrupted in-process); slower calls are logged.
+response (502), Lambda's 6 MB response limit (502) and the 29 s integration timeout (504
+"Endpoint request timed out"; the invocation itself runs on in its worker, as in AWS).
+Limits: https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html
+("Integration timeout 50 milliseconds - 29 seconds", "Payload size 10 MB").
+It accepts up to ``LISTEN_BACKLOG`` waiting connections, so a burst of clients queues
+instead of being reset.
 
 Unlike API Gateway, the URL has no stage prefix (``/upload``, not ``/local/upload``), an
 unknown path answers 404 and a known path with the wrong method 405 (API Gateway answers 403
@@ -34,6 +38,7 @@ from localcloud import infra
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # Lambda's synchronous response limit
 INTEGRATION_TIMEOUT_S = 29
+LISTEN_BACKLOG = 1024
 DEFAULT_CORS_HEADERS = (
     "Content-Type,X-Amz-Date,Authorization,X-Api-Key,X-Amz-Security-Token,X-Amz-User-Agent,X-Amzn-Trace-Id"
 )
@@ -140,6 +145,7 @@ class ApiServer(ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True  # server_close() joins the request threads
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
         self,
@@ -156,6 +162,7 @@ class ApiServer(ThreadingHTTPServer):
         self.invoke = invoke
         self.routes = routes(stack)
         self.web_dir = web_dir
+        self.integration_timeout_s: float = INTEGRATION_TIMEOUT_S
         self._log_path = log_path
         self._log_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -241,17 +248,29 @@ class ApiServer(ThreadingHTTPServer):
         self, request: _Handler, route: Route, params: dict[str, str], path: str, query: str, body: bytes
     ) -> None:
         event = proxy_event(request, route, params, path, query, body, self.stack.stage)
-        started = time.monotonic()
+        outcome: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                outcome["result"] = self.invoke(route.function, event)
+            except Exception as err:  # noqa: BLE001 - reported below as API Gateway would
+                outcome["error"] = err
+
+        worker = threading.Thread(target=call, name=f"api-{route.function}", daemon=True)
+        worker.start()
+        worker.join(self.integration_timeout_s)
+        if worker.is_alive():
+            self.access_log(f"{route.function} took over {self.integration_timeout_s:g}s: 504")
+            self._send_json(request, 504, {"message": "Endpoint request timed out"})
+            return
         try:
-            result = self.invoke(route.function, event)
-            status, headers, payload = proxy_response(result)
+            if "error" in outcome:
+                raise outcome["error"]
+            status, headers, payload = proxy_response(outcome["result"])
         except Exception as err:  # noqa: BLE001 - API Gateway answers 502 whatever the function did
             self.access_log(f"{route.function} failed: {err!r}")
             self._send_json(request, 502, {"message": "Internal server error"})
             return
-        elapsed = time.monotonic() - started
-        if elapsed > INTEGRATION_TIMEOUT_S:
-            self.access_log(f"{route.function} took {elapsed:.1f}s; API Gateway would have answered 504")
         if len(payload) > MAX_RESPONSE_BYTES:
             self.access_log(f"{route.function} returned {len(payload)} bytes, over Lambda's 6 MB limit")
             self._send_json(request, 502, {"message": "Internal server error"})

@@ -1,10 +1,13 @@
 """The local cloud: the whole pipeline on loopback, built from infra/serverless.yml.
 
-``LocalCloud`` starts, in order: moto's server; the tables, bucket, queue and topic the file
-declares; an API Gateway stand-in serving the file's ``http`` routes; a scheduler firing its
-enabled ``schedule`` events; then the drivers for what moto does not do by itself (stream
-poller, instance runner, alarm evaluator). Functions run in this process, with the
-environment the file gives them; boto3 reaches moto through ``AWS_ENDPOINT_URL``.
+``LocalCloud`` starts, in order: the local AWS endpoint (moto's server behind the gate that
+checks credentials, presigned URLs, service limits and IAM, in a process of its own); the
+tables, bucket, queue, topic, repository and roles the file declares; an API Gateway stand-in
+serving the file's ``http`` routes; a scheduler firing its enabled ``schedule`` events; then
+the drivers for what moto does not do by itself (stream poller, instance runner, alarm
+evaluator, notifications). Each function runs in worker processes of its own
+(``localcloud.functions``) with the environment the file gives it and its role's temporary
+credentials, so every AWS call it makes is checked against that role's policy.
 """
 
 from __future__ import annotations
@@ -12,15 +15,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import logging
 import os
 import sys
 import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,27 @@ import boto3
 from lambdas.core import aws
 from localcloud import infra
 from localcloud.apigw import ApiServer
+from localcloud.awsserver import AwsServer
 from localcloud.driver import Context, Driver
-from localcloud.motoserver import MotoServer
+from localcloud.functions import FunctionPool, FunctionSpec
+from localcloud.logs import LogShipper
+from localcloud.runtime import LambdaContext
 from localcloud.scheduler import Scheduler, schedules
 
 ROOT = infra.ROOT
 DEFAULT_STATE_DIR = Path(".localcloud")
 # Started after the core, in this order, and stopped in reverse.
 DRIVER_MODULES = ("streams", "instances", "alarms", "notifications")
+# The local cloud's administrator (the operator, the drivers, the tests): the gate allows it
+# everything. Functions and the trainer get their roles' temporary credentials instead.
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# Append every IAM decision of the gate to this file (JSON lines): the test suite's coverage.
+IAM_RECORD_ENV = "LOCALCLOUD_IAM_RECORD"
+# Concurrent execution environments per function unless it sets reservedConcurrency
+# (custom.localCloud.functions.maxConcurrency overrides it).
+DEFAULT_MAX_CONCURRENCY = 8
+# Host variables a worker process keeps: what Python and numpy need to run here, not settings.
+_PASSED_THROUGH = ("HOME", "LANG", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "SYSTEMROOT", "TMPDIR")
 # A real profile or session token must never leak into the local cloud's calls.
 _UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
@@ -46,30 +57,6 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 class LocalCloudError(RuntimeError):
     pass
-
-
-@dataclass
-class LambdaContext:
-    """What the Lambda runtime passes as the handler's second argument."""
-
-    function_name: str
-    invoked_function_arn: str
-    memory_limit_in_mb: int
-    timeout_s: int
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    function_version: str = "$LATEST"
-    _started: float = field(default_factory=time.monotonic)
-
-    @property
-    def log_group_name(self) -> str:
-        return f"/aws/lambda/{self.function_name}"
-
-    @property
-    def log_stream_name(self) -> str:
-        return f"{time.strftime('%Y/%m/%d')}/[$LATEST]{self.aws_request_id.replace('-', '')}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self.timeout_s - (time.monotonic() - self._started)) * 1000))
 
 
 def _say(line: str) -> None:
@@ -93,10 +80,13 @@ class LocalCloud:
         function_log: Path | None = None,
         web_dir: Path | None = ROOT / "web",
         say: Callable[[str], None] = _say,
+        iam_record: Path | None = None,
     ) -> None:
         """``schedule_overrides`` and ``environment`` apply on top of custom.localCloud;
-        ``handlers`` replaces functions' handlers (tests); ``function_log`` sends the
-        functions' JSON log lines to a file instead of stdout."""
+        ``handlers`` replaces functions' handlers with callables run in this process (a test
+        hook: they get no role and no process of their own); ``function_log`` sends the
+        functions' output to a file instead of stdout; ``iam_record`` (or the variable
+        LOCALCLOUD_IAM_RECORD) is where the gate appends its IAM decisions."""
         self.state_dir = Path(state_dir)
         self.stage = stage
         self.region = region
@@ -110,17 +100,21 @@ class LocalCloud:
         self._driver_modules = tuple(drivers)
         self._function_log = function_log
         self._web_dir = web_dir
+        record = iam_record or os.environ.get(IAM_RECORD_ENV)
+        self._iam_record = Path(record) if record else None
 
-        self.moto: MotoServer | None = None
+        self.moto: AwsServer | None = None
         self.api: ApiServer | None = None
         self.scheduler: Scheduler | None = None
         self.drivers: list[Driver] = []
         self.context: Context | None = None
         self._stack: infra.Stack | None = None
         self._saved_env: dict[str, str | None] = {}
-        self._handlers: dict[str, Handler] = {}
-        self._handlers_lock = threading.Lock()
-        self._log_handler: logging.Handler | None = None
+        self._pools: dict[str, FunctionPool] = {}
+        self._pools_lock = threading.Lock()
+        self._credentials: dict[str, dict[str, str]] = {}  # role logical id -> its session
+        self._log_lock = threading.Lock()
+        self._logs: LogShipper | None = None
         self.invocations: Counter[str] = Counter()
 
     # --- public ---------------------------------------------------------------------------
@@ -152,7 +146,8 @@ class LocalCloud:
         return dict(self.stack.custom.get("localCloud") or {})
 
     def client(self, service: str) -> Any:
-        """A boto3 client for the local cloud, independent of the process environment."""
+        """An administrator's boto3 client for the local cloud, independent of the process
+        environment."""
         return boto3.client(
             service,  # type: ignore[call-overload]
             endpoint_url=self.aws_url,
@@ -188,41 +183,175 @@ class LocalCloud:
         if self.api is not None:
             self._quietly("stopping the API server", self.api.stop)
             self.api = None
+        with self._pools_lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            self._quietly(f"stopping function {pool.spec.name}", pool.stop)
+        if self._logs is not None:
+            self._quietly("delivering the last function logs", self._logs.stop)
+            self._logs = None
         if self.moto is not None:
-            self._quietly("stopping the moto server", self.moto.stop)
+            self._quietly("stopping the local AWS endpoint", self.moto.stop)
             self.moto = None
         with contextlib.suppress(FileNotFoundError):
             self.endpoints_file.unlink()
-        self._restore_logging()
+        self._credentials.clear()
         self._restore_environment()
         aws.reset()
         self.context = None
         self._stack = None
 
     def invoke(self, name: str, event: dict[str, Any]) -> Any:
-        """Run function ``name``'s handler in this process, as the Lambda runtime would."""
+        """Run function ``name`` on ``event`` in one of its execution environments, as a
+        synchronous Lambda invocation; raises ``localcloud.functions.FunctionError`` when it
+        fails (an unhandled exception, its timeout, a payload over 6 MB)."""
         fn = self.stack.function(name)
-        handler = self._handler(fn)
-        function_name = f"{self.stack.config.get('service', 'service')}-{self.stage}-{name}"
-        context = LambdaContext(
-            function_name=function_name,
-            invoked_function_arn=f"arn:aws:lambda:{self.region}:{self.stack.account}:function:{function_name}",
-            memory_limit_in_mb=fn.memory,
-            timeout_s=fn.timeout,
-        )
         self.invocations[name] += 1
-        return handler(event, context)
+        override = self._handler_overrides.get(name)
+        if override is not None:
+            function_name = self.function_name(name)
+            return override(
+                event,
+                LambdaContext(
+                    function_name=function_name,
+                    invoked_function_arn=f"arn:aws:lambda:{self.region}:{self.stack.account}:function:{function_name}",
+                    memory_limit_in_mb=fn.memory,
+                    timeout_s=fn.timeout,
+                ),
+            )
+        return self._pool(fn).invoke(event)
+
+    def function_name(self, name: str) -> str:
+        return f"{self.stack.config.get('service', 'service')}-{self.stage}-{name}"
+
+    def function_environment(self, name: str) -> dict[str, str]:
+        """Function ``name``'s own variables: serverless.yml's, then custom.localCloud's
+        environment, then the constructor's ``environment``, with API_URL set locally."""
+        assert self.api is not None
+        local = {k: str(v) for k, v in (self.settings.get("environment") or {}).items()}
+        declared = set(self.stack.function(name).environment)
+        overrides = {"API_URL": self.api.url}
+        overrides.update({k: v for k, v in local.items() if k in declared})
+        overrides.update({k: v for k, v in self._environment.items() if k in declared})
+        env = self.stack.function_environment(name, overrides)
+        return {k: v for k, v in env.items() if k in declared}
+
+    def role_credentials(self, role_logical_id: str) -> dict[str, str]:
+        """Temporary credentials of a role of the stack (its STS session in moto)."""
+        if role_logical_id not in self._credentials:
+            reply = self.client("sts").assume_role(
+                RoleArn=self.stack.arns[f"{role_logical_id}.Arn"],
+                RoleSessionName=f"localcloud-{role_logical_id}"[:64],
+                DurationSeconds=43200,
+            )["Credentials"]
+            self._credentials[role_logical_id] = {
+                "AWS_ACCESS_KEY_ID": reply["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": reply["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": reply["SessionToken"],
+            }
+        return self._credentials[role_logical_id]
+
+    def _role_client(self, service: str, role: str | None) -> Any:
+        if role is None:
+            raise LocalCloudError("a function without a role has no credentials")
+        creds = self.role_credentials(role)
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.aws_url,
+            region_name=self.region,
+            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=creds["AWS_SESSION_TOKEN"],
+        )
+
+    def _pool(self, fn: infra.Function) -> FunctionPool:
+        with self._pools_lock:
+            pool = self._pools.get(fn.name)
+            if pool is None:
+                pool = self._pools[fn.name] = FunctionPool(self._spec(fn), self._function_output)
+            return pool
+
+    def _spec(self, fn: infra.Function) -> FunctionSpec:
+        """A function's whole process environment: nothing of this process's leaks in."""
+        assert self.moto is not None
+        if fn.role is None:
+            raise LocalCloudError(f"function {fn.name!r} names no role; every function needs its own")
+        function_name = self.function_name(fn.name)
+        runtime = str((self.stack.config.get("provider") or {}).get("runtime", "python3.12"))
+        env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
+        env.update(
+            {
+                # Lambda's own variables (https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime)
+                "_HANDLER": fn.handler,
+                "LAMBDA_TASK_ROOT": str(ROOT),
+                "AWS_EXECUTION_ENV": f"AWS_Lambda_{runtime}",
+                "AWS_LAMBDA_FUNCTION_NAME": function_name,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory),
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function_name}",
+                "AWS_REGION": self.region,
+                "AWS_DEFAULT_REGION": self.region,
+                "TZ": ":UTC",
+                "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+                "PYTHONPATH": str(ROOT),
+                "PYTHONDONTWRITEBYTECODE": "1",
+                # The local endpoint instead of AWS's, and nothing read from a profile.
+                "AWS_ENDPOINT_URL": self.moto.url,
+                "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "LOCALCLOUD_ACCOUNT": self.stack.account,
+                **self.role_credentials(fn.role),
+                **self.function_environment(fn.name),
+            }
+        )
+        functions = self.settings.get("functions") or {}
+        limit = int(functions.get("maxConcurrency", DEFAULT_MAX_CONCURRENCY))
+        return FunctionSpec(
+            name=fn.name,
+            function_name=function_name,
+            handler=fn.handler,
+            environment=env,
+            timeout_s=float(fn.timeout),
+            memory_mb=fn.memory,
+            max_concurrency=fn.reserved_concurrency or limit,
+        )
+
+    def _function_output(self, name: str, line: str) -> None:
+        if self._logs is not None:
+            self._logs.add(name, line)
+        if self._function_log is None:
+            print(line, flush=True)
+            return
+        with self._log_lock, self._function_log.open("a") as out:
+            out.write(line + "\n")
 
     # --- start-up steps -------------------------------------------------------------------
 
     def _start(self) -> None:
+        stack = infra.load(self._config_path, stage=self.stage, region=self.region)
+        declared = {key for fn in stack.functions() for key in fn.environment}
+        unknown = sorted(set(self._environment) - declared)
+        if unknown:
+            raise LocalCloudError(
+                f"no function declares {', '.join(unknown)} in serverless.yml; a function sees only the "
+                "variables it declares"
+            )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.moto = MotoServer(port=self._aws_port).start()
-        self.moto.reset()
+        self.moto = AwsServer(
+            port=self._aws_port,
+            region=self.region,
+            record=self._iam_record,
+            log_path=self.state_dir / "aws.log",
+        ).start()
         self._set_environment(self._aws_environment())
 
-        self._stack = infra.load(self._config_path, stage=self.stage, region=self.region)
+        self._stack = stack
         infra.create_resources(self._stack, boto3.Session(region_name=self.region))
+        infra.push_trainer_image(self._stack, boto3.Session(region_name=self.region))
 
         # Bound now so that API_URL is known before the functions' environment is computed.
         self.api = ApiServer(
@@ -232,9 +361,13 @@ class LocalCloud:
             web_dir=self._web_dir,
             log_path=self.state_dir / "api.log",
         )
-        self._set_environment(self._function_environment())
         aws.reset()
-        self._configure_logging()
+        self._logs = LogShipper(
+            client_for=lambda name: self._role_client("logs", self.stack.function(name).role),
+            group_for=lambda name: f"/aws/lambda/{self.function_name(name)}",
+            say=self.say,
+        )
+        self._logs.start()
         self.api.start()
 
         overrides = {k: dict(v) for k, v in (self.settings.get("schedules") or {}).items()}
@@ -250,6 +383,7 @@ class LocalCloud:
             invoke=self.invoke,
             say=self.say,
             settings=self.settings,
+            role_credentials=self.role_credentials,
         )
         self.scheduler.start()
         for item in self.scheduler.items:
@@ -280,30 +414,6 @@ class LocalCloud:
         )
         return env
 
-    def _function_environment(self) -> dict[str, str | None]:
-        """Every function's environment merged into one, since they share this process.
-        Two functions that need different values for one variable cannot share it: fail."""
-        assert self.api is not None and self._stack is not None
-        local = {k: str(v) for k, v in (self.settings.get("environment") or {}).items()}
-        overrides = {"API_URL": self.api.url, **local, **self._environment}
-        merged: dict[str, str] = {}
-        owner: dict[str, str] = {}
-        for fn in self._stack.functions():
-            env = self._stack.function_environment(fn.name, overrides)
-            unresolved = sorted(set(fn.environment) - set(env))
-            if unresolved:
-                self.say(f"{fn.name}: left unset (not resolvable locally): {', '.join(unresolved)}")
-            for key, value in env.items():
-                if key in merged and merged[key] != value:
-                    raise LocalCloudError(
-                        f"functions {owner[key]!r} and {fn.name!r} set {key} to different values "
-                        f"({merged[key]!r} and {value!r}); they share one process locally, so set it "
-                        "once in custom.localCloud.environment"
-                    )
-                merged[key] = value
-                owner.setdefault(key, fn.name)
-        return dict(merged)
-
     def _set_environment(self, values: Mapping[str, str | None]) -> None:
         for key, value in values.items():
             self._saved_env.setdefault(key, os.environ.get(key))
@@ -320,48 +430,11 @@ class LocalCloud:
                 os.environ[key] = value
         self._saved_env.clear()
 
-    def _configure_logging(self) -> None:
-        if self._function_log is None:
-            return
-        logger = logging.getLogger("autoretrain")
-        self._log_handler = logging.FileHandler(self._function_log)
-        self._log_handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(self._log_handler)
-        logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
-        logger.propagate = False
-
-    def _restore_logging(self) -> None:
-        if self._log_handler is not None:
-            logging.getLogger("autoretrain").removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None
-
     def _write_endpoints(self) -> None:
         assert self.api is not None and self.moto is not None
         tmp = self.endpoints_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"api": self.api.url, "aws": self.moto.url}, indent=2) + "\n")
         tmp.replace(self.endpoints_file)
-
-    def _handler(self, fn: infra.Function) -> Handler:
-        with self._handlers_lock:
-            if fn.name not in self._handlers:
-                self._handlers[fn.name] = self._handler_overrides.get(fn.name) or self._import(fn)
-            return self._handlers[fn.name]
-
-    @staticmethod
-    def _import(fn: infra.Function) -> Handler:
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
-        # Handlers may read their settings once per process; a module imported by an earlier
-        # cloud (or test) in this process is reloaded so it sees this cloud's endpoints.
-        if fn.module in sys.modules:
-            module = importlib.reload(sys.modules[fn.module])
-        else:
-            module = importlib.import_module(fn.module)
-        handler = getattr(module, fn.attribute, None)
-        if not callable(handler):
-            raise LocalCloudError(f"{fn.handler}: {fn.module} has no callable {fn.attribute!r}")
-        return handler  # type: ignore[no-any-return]
 
     def _load_driver(self, module_name: str) -> Driver:
         qualified = f"localcloud.{module_name}"

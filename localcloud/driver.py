@@ -19,17 +19,38 @@ class Context:
     aws_endpoint: str  # the moto server, e.g. http://127.0.0.1:4566
     api_url: str  # the local API's base URL
     state_dir: Path  # .localcloud/: logs, notifications, knobs
-    invoke: Callable[[str, dict[str, Any]], Any]  # run a function's handler in-process
+    invoke: Callable[[str, dict[str, Any]], Any]  # invoke a function (its worker processes)
     say: Callable[[str], None]  # one line of human progress output
     settings: dict[str, Any] = field(default_factory=dict)  # custom.localCloud of serverless.yml
+    # role logical id -> its temporary credentials (AWS_ACCESS_KEY_ID, ..._SECRET_..., ..._SESSION_TOKEN)
+    role_credentials: Callable[[str], dict[str, str]] | None = None
 
     def client(self, service: str) -> Any:
+        """An administrator's client: what AWS itself does (deliver events, run instances)."""
         return boto3.client(
             service,  # type: ignore[call-overload]
             endpoint_url=self.aws_endpoint,
             region_name=self.stack.region,
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
+        )
+
+    def function_client(self, service: str, function: str) -> Any:
+        """A client acting with a function's execution role, for what AWS does on the
+        function's behalf with that role: an event source mapping reads the stream and sends
+        to the on-failure destination with it
+        (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html#events-dynamodb-permissions)."""
+        role = self.stack.function(function).role
+        if self.role_credentials is None or role is None:
+            return self.client(service)
+        creds = self.role_credentials(role)
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.aws_endpoint,
+            region_name=self.stack.region,
+            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=creds["AWS_SESSION_TOKEN"],
         )
 
 

@@ -66,6 +66,8 @@ class World(Protocol):
 
     def service_linked_role_exists(self, service_name: str) -> bool: ...  # "spot.amazonaws.com"
 
+    def object_exists(self, bucket: str, key: str) -> bool: ...
+
 
 class UnmappedCall(Exception):
     """An operation this module does not know how to authorize: the middleware refuses it."""
@@ -164,7 +166,13 @@ def _get_records(p: dict[str, Any], account: str, region: str, world: World) -> 
 
 def _s3_object(action: str) -> Any:
     def mapper(p: dict[str, Any], account: str, region: str, world: World) -> list[Check]:
-        return [Check(f"s3:{action}", f"arn:aws:s3:::{p['Bucket']}/{p['Key']}")]
+        out = [Check(f"s3:{action}", f"arn:aws:s3:::{p['Bucket']}/{p['Key']}")]
+        if action == "GetObject" and not world.object_exists(p["Bucket"], p["Key"]):
+            # A missing object is a 404 only to a caller that may also list the bucket; to
+            # anyone else it is a 403 (GetObject / HeadObject API reference, "Permissions":
+            # https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html).
+            out.append(Check("s3:ListBucket", f"arn:aws:s3:::{p['Bucket']}"))
+        return out
 
     return mapper
 

@@ -8,6 +8,8 @@ else fails loudly instead of being silently left unresolved.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SERVERLESS_YML = ROOT / "infra" / "serverless.yml"
 LOCAL_ACCOUNT = "123456789012"
+
+_NO_VALUE = object()  # AWS::NoValue: removes the property or list item that resolves to it
 
 # Serverless variables; ${AWS::...} and ${Logical.Attr} belong to CloudFormation's Fn::Sub.
 _VARIABLE = re.compile(r"\$\{(?!AWS::)([^${}]+:[^${}]*)\}")
@@ -53,6 +57,8 @@ class Function:
     events: list[dict[str, Any]]
     timeout: int
     memory: int
+    role: str | None = None  # logical id of the function's AWS::IAM::Role
+    reserved_concurrency: int | None = None
 
     @property
     def module(self) -> str:
@@ -98,6 +104,10 @@ class Stack:
                     events=list(spec.get("events") or []),
                     timeout=int(spec.get("timeout", provider.get("timeout", 6))),
                     memory=int(spec.get("memorySize", provider.get("memorySize", 1024))),
+                    role=_role_logical_id(spec.get("role", provider.get("role"))),
+                    reserved_concurrency=(
+                        int(spec["reservedConcurrency"]) if "reservedConcurrency" in spec else None
+                    ),
                 )
             )
         return out
@@ -111,12 +121,42 @@ class Stack:
     def table_name(self, logical_id: str) -> str:
         return str(self.resources[logical_id]["Properties"]["TableName"])
 
+    def condition(self, name: str) -> bool:
+        """A template condition (``resources.Conditions``), with parameters at their Default."""
+        conditions = (self.config.get("resources") or {}).get("Conditions") or {}
+        if name not in conditions:
+            raise KeyError(f"no condition {name!r} in resources.Conditions")
+        return self._truth(conditions[name])
+
+    def _truth(self, expr: Any) -> bool:
+        if isinstance(expr, dict) and len(expr) == 1:
+            ((fn, args),) = expr.items()
+            if fn == "Fn::Equals":
+                left, right = (self.resolve_intrinsics(a) for a in args)
+                return str(left) == str(right)
+            if fn == "Fn::Not":
+                return not self._truth(args[0])
+            if fn == "Fn::And":
+                return all(self._truth(a) for a in args)
+            if fn == "Fn::Or":
+                return any(self._truth(a) for a in args)
+            if fn == "Condition":
+                return self.condition(args)
+        raise KeyError(f"condition expression not supported locally: {expr!r}")
+
     def resolve_intrinsics(self, value: Any) -> Any:
-        """Resolve Ref / Fn::GetAtt / Fn::Join / Fn::Sub against what was created here."""
+        """Resolve Ref / Fn::GetAtt / Fn::Join / Fn::Sub / Fn::If against what was created
+        here; an ``Fn::If`` branch that is ``AWS::NoValue`` disappears from lists and maps."""
         if isinstance(value, list):
-            return [self.resolve_intrinsics(v) for v in value]
+            resolved = [self.resolve_intrinsics(v) for v in value]
+            return [v for v in resolved if v is not _NO_VALUE]
         if not isinstance(value, dict):
             return value
+        if set(value) == {"Fn::If"}:
+            name, if_true, if_false = value["Fn::If"]
+            return self.resolve_intrinsics(if_true if self.condition(name) else if_false)
+        if value == {"Ref": "AWS::NoValue"}:
+            return _NO_VALUE
         if set(value) == {"Ref"}:
             ref = value["Ref"]
             if ref in self.physical:
@@ -142,7 +182,21 @@ class Stack:
         if set(value) == {"Fn::Join"}:
             sep, parts = value["Fn::Join"]
             return sep.join(str(self.resolve_intrinsics(p)) for p in parts)
-        return {k: self.resolve_intrinsics(v) for k, v in value.items()}
+        members = {k: self.resolve_intrinsics(v) for k, v in value.items()}
+        return {k: v for k, v in members.items() if v is not _NO_VALUE}
+
+    def role_name(self, logical_id: str) -> str:
+        """The physical name of an AWS::IAM::Role (CloudFormation would generate one)."""
+        service = self.config.get("service", "service")
+        return f"{service}-{self.stage}-{logical_id}"[:64]
+
+    def role_policies(self, logical_id: str) -> dict[str, dict[str, Any]]:
+        """An AWS::IAM::Role's inline policies, resolved: policy name -> document."""
+        props = self.resources[logical_id].get("Properties") or {}
+        out = {}
+        for policy in self.resolve_intrinsics(props.get("Policies") or []):
+            out[str(policy["PolicyName"])] = policy["PolicyDocument"]
+        return out
 
     def _sub_name(self, name: str) -> Any:
         if "." in name:
@@ -163,6 +217,17 @@ class Stack:
                 continue
         env.update(overrides)
         return env
+
+
+def _role_logical_id(role: Any) -> str | None:
+    """``role: UploadFunctionRole`` or ``role: {Fn::GetAtt: [UploadFunctionRole, Arn]}``."""
+    if role is None:
+        return None
+    if isinstance(role, str):
+        return role
+    if isinstance(role, dict) and "Fn::GetAtt" in role:
+        return str(role["Fn::GetAtt"][0])
+    raise KeyError(f"function role {role!r} is not a logical id the local cloud can resolve")
 
 
 def load(
@@ -305,14 +370,99 @@ def create_resources(stack: Stack, session: Any) -> Stack:
         stack.physical[logical] = arn
         stack.arns[f"{logical}.TopicName"] = spec["Properties"]["TopicName"]
 
+    ecr = session.client("ecr", region_name=stack.region)
+    for logical, spec in stack.resources_of_type("AWS::ECR::Repository").items():
+        name = str(stack.resolve_intrinsics(spec["Properties"]["RepositoryName"]))
+        try:
+            repo = ecr.create_repository(repositoryName=name)["repository"]
+        except ecr.exceptions.RepositoryAlreadyExistsException:
+            repo = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+        stack.physical[logical] = name
+        stack.arns[f"{logical}.Arn"] = repo["repositoryArn"]
+        stack.arns[f"{logical}.RepositoryUri"] = repo["repositoryUri"]
+
+    _create_roles(stack, session)
     _create_instance_profiles(stack, session)
+    _create_log_groups(stack, session)
     return stack
 
 
+def push_trainer_image(stack: Stack, session: Any) -> None:
+    """What ``make image`` does in AWS: the trainer image is in the stage's repository under
+    the tag the instances pull. Locally the "image" is a manifest standing for this
+    checkout's trainer code, which the docker stand-in runs."""
+    tag = str((stack.custom.get("train") or {}).get("imageTag", "latest"))
+    ecr = session.client("ecr", region_name=stack.region)
+    for logical in stack.resources_of_type("AWS::ECR::Repository"):
+        with contextlib.suppress(ecr.exceptions.ImageAlreadyExistsException):
+            ecr.put_image(
+                repositoryName=stack.physical[logical], imageManifest=trainer_manifest(), imageTag=tag
+            )
+
+
+def trainer_manifest() -> str:
+    """An image manifest standing for the local trainer (no layers: nothing is pulled)."""
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["python", "-m", "trainer"]}}
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": len(config),
+            "digest": "sha256:" + hashlib.sha256(config.encode()).hexdigest(),
+        },
+        "layers": [],
+    }
+    return json.dumps(manifest)
+
+
+def _create_log_groups(stack: Stack, session: Any) -> None:
+    """Each function's log group, as the deployment creates it (osls adds an
+    AWS::Logs::LogGroup per function, with provider.logRetentionInDays)."""
+    logs = session.client("logs", region_name=stack.region)
+    service = stack.config.get("service", "service")
+    retention = (stack.config.get("provider") or {}).get("logRetentionInDays")
+    for fn in stack.functions():
+        group = f"/aws/lambda/{service}-{stack.stage}-{fn.name}"
+        try:
+            logs.create_log_group(logGroupName=group)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            continue
+        if retention:
+            logs.put_retention_policy(logGroupName=group, retentionInDays=int(retention))
+
+
+def _create_roles(stack: Stack, session: Any) -> None:
+    """Every AWS::IAM::Role with its inline policies, as CloudFormation would create them: the
+    local cloud's AWS endpoint enforces them on the functions and the trainer
+    (localcloud/gate.py). All roles exist before any policy is resolved, since one role's
+    policy may name another (iam:PassRole)."""
+    iam = session.client("iam", region_name=stack.region)
+    roles = stack.resources_of_type("AWS::IAM::Role")
+    for logical, spec in roles.items():
+        props = spec.get("Properties") or {}
+        name = stack.role_name(logical)
+        try:
+            role = iam.create_role(
+                RoleName=name,
+                AssumeRolePolicyDocument=json.dumps(props.get("AssumeRolePolicyDocument") or {}),
+            )["Role"]
+        except iam.exceptions.EntityAlreadyExistsException:
+            role = iam.get_role(RoleName=name)["Role"]
+        stack.physical[logical] = name
+        stack.arns[f"{logical}.Arn"] = role["Arn"]
+    for logical in roles:
+        for policy_name, document in stack.role_policies(logical).items():
+            iam.put_role_policy(
+                RoleName=stack.role_name(logical), PolicyName=policy_name, PolicyDocument=json.dumps(document)
+            )
+
+
 def _create_instance_profiles(stack: Stack, session: Any) -> None:
-    """Instance profiles and the roles they carry, so that a function's environment can name
-    a profile ARN (Fn::GetAtt) and run_instances finds it. Roles of functions are not needed
-    locally: functions run in-process with the local cloud's credentials."""
+    """Instance profiles and the roles they carry (created by ``_create_roles``), so that a
+    function's environment can name a profile ARN (Fn::GetAtt) and run_instances finds it."""
     iam = session.client("iam", region_name=stack.region)
     service = stack.config.get("service", "service")
     for logical, spec in stack.resources_of_type("AWS::IAM::InstanceProfile").items():
@@ -321,23 +471,10 @@ def _create_instance_profiles(stack: Stack, session: Any) -> None:
             profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
         except iam.exceptions.EntityAlreadyExistsException:
             profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+        attached = {role["RoleName"] for role in profile.get("Roles") or []}
         for role in (spec.get("Properties") or {}).get("Roles") or []:
-            role_logical = str(role.get("Ref") if isinstance(role, dict) else role)
-            role_name = f"{name}-{role_logical}"[:64]
-            try:
-                created = iam.create_role(
-                    RoleName=role_name,
-                    AssumeRolePolicyDocument=json.dumps(
-                        stack.resources.get(role_logical, {})
-                        .get("Properties", {})
-                        .get("AssumeRolePolicyDocument")
-                        or {}
-                    ),
-                )["Role"]
+            role_name = stack.role_name(str(role.get("Ref") if isinstance(role, dict) else role))
+            if role_name not in attached:
                 iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
-            except iam.exceptions.EntityAlreadyExistsException:
-                created = iam.get_role(RoleName=role_name)["Role"]
-            stack.physical.setdefault(role_logical, role_name)
-            stack.arns.setdefault(f"{role_logical}.Arn", created["Arn"])
         stack.physical[logical] = name
         stack.arns[f"{logical}.Arn"] = profile["Arn"]

@@ -281,7 +281,7 @@ class _SourcePoller:
         self.source = source
         self.poller = poller
         self.ctx = ctx
-        self.streams = ctx.client("dynamodbstreams")
+        self.streams = ctx.function_client("dynamodbstreams", source.function)
         self.shards: dict[str, _Shard] = {}
         self.closed: set[str] = set()
         self.last_seq: dict[str, str] = {}  # per shard, to reopen an expired iterator
@@ -294,7 +294,14 @@ class _SourcePoller:
     # reading ---------------------------------------------------------------------------------
 
     def prime(self) -> None:
-        """Open the shards now, so that LATEST means "after start() returned"."""
+        """Check the stream is the table's, then open the shards now, so that LATEST means
+        "after start() returned". Like the event source mapping, it lists, describes and
+        reads with the function's execution role (which needs dynamodb:ListStreams too:
+        https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html#events-dynamodb-permissions)."""
+        table = self.source.arn.split(":table/", 1)[1].split("/stream/", 1)[0]
+        listed = self.streams.list_streams(TableName=table).get("Streams", [])
+        if self.source.arn not in {stream["StreamArn"] for stream in listed}:
+            raise RuntimeError(f"{self.source.arn} is not a stream of table {table}")
         self._refresh(initial=True)
 
     def _describe(self) -> list[dict[str, Any]]:
@@ -474,12 +481,13 @@ class _SourcePoller:
         kind, arn = self.source.on_failure
         body = json.dumps(message)
         if kind == "sqs":
-            sqs = self.ctx.client("sqs")
             name, account = arn.split(":")[5], arn.split(":")[4]
-            url = sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
-            sqs.send_message(QueueUrl=url, MessageBody=body)
+            url = self.ctx.client("sqs").get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)[
+                "QueueUrl"
+            ]
+            self.ctx.function_client("sqs", self.source.function).send_message(QueueUrl=url, MessageBody=body)
         else:
-            self.ctx.client("sns").publish(TopicArn=arn, Message=body)
+            self.ctx.function_client("sns", self.source.function).publish(TopicArn=arn, Message=body)
         self.poller.failures.append(message)
         self._say(f"{len(chunk)} records sent to the on-failure {kind} destination ({condition})")
 

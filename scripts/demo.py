@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -190,7 +189,7 @@ def upload_batch(demo: Demo) -> None:
 
 
 def watch_trigger(demo: Demo) -> None:
-    needed = os.environ.get("MIN_NEW_SAMPLES", "?")
+    needed = demo.cloud.function_environment("train").get("MIN_NEW_SAMPLES", "?")
     demo.say(f"the data table's stream feeds the train function; a run starts at {needed} new samples")
 
     def launched() -> bool:

@@ -98,3 +98,53 @@ def subscribe_inbox(topic_arn: str, name: str = "inbox") -> Callable[[], list[di
         return out
 
     return read
+
+
+# --- IAM coverage: which (role, action) pairs of serverless.yml the suite exercised ----------
+# Every local cloud the suite starts (in this process or a child) appends the gate's IAM
+# decisions to one file; the summary reports covered/total. With IAM_COVERAGE=strict (`make
+# test`, the whole suite) a declared action that no test exercised and that carries no
+# "not exercised:" reason in serverless.yml fails the run.
+_IAM_RECORD_ENV = "LOCALCLOUD_IAM_RECORD"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(_IAM_RECORD_ENV):
+        return
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="iam-record-", suffix=".jsonl")
+    os.close(handle)
+    os.environ[_IAM_RECORD_ENV] = path
+    config._iam_record_owned = path  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Runs inside the terminal reporter's own sessionfinish, before its summary."""
+    from pathlib import Path
+
+    from tests.support import iam_coverage
+
+    record = Path(os.environ[_IAM_RECORD_ENV])
+    result = iam_coverage.report(record)
+    artifacts = Path(__file__).resolve().parents[1] / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "iam-coverage.txt").write_text("\n".join(result.lines()) + "\n")
+    strict = os.environ.get("IAM_COVERAGE") == "strict"
+    # The whole list for the full run; a partial run shows the figure and where the list is.
+    session.config._iam_coverage_lines = (  # type: ignore[attr-defined]
+        result.lines() if strict else [result.lines()[0] + " (list: artifacts/iam-coverage.txt)"]
+    )
+    if strict and result.unexplained and session.exitstatus == 0:
+        session.config._iam_coverage_lines.append(  # type: ignore[attr-defined]
+            "IAM coverage: declared actions neither exercised nor explained (above): the run fails"
+        )
+        session.exitstatus = 1
+    owned = getattr(session.config, "_iam_record_owned", None)
+    if owned:
+        os.remove(owned)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    for line in getattr(config, "_iam_coverage_lines", []):
+        terminalreporter.write_line(line)

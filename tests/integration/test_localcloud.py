@@ -95,33 +95,70 @@ def test_localcloud_creates_the_resources_of_serverless_yml(cloud: LocalCloud) -
     declared_buckets = declared.resources_of_type("AWS::S3::Bucket")
     assert declared_buckets
     assert {cloud.stack.physical[logical] for logical in declared_buckets} <= buckets
-    assert os.environ["MODEL_BUCKET"] in buckets
+    assert cloud.function_environment("s3proxy")["MODEL_BUCKET"] in buckets
 
 
 @pytest.mark.slow
 def test_localcloud_gives_functions_the_local_api_url_and_their_environment(cloud: LocalCloud) -> None:
-    assert os.environ["API_URL"] == cloud.api_url
-    assert os.environ["DATA_TABLE"] == "autoretrain-local-samples"
-    # custom.localCloud.environment wins over the function's own value
+    assert cloud.function_environment("traffic")["API_URL"] == cloud.api_url
+    assert cloud.function_environment("upload")["DATA_TABLE"] == "autoretrain-local-samples"
+    # custom.localCloud.environment wins over the function's own value, for the functions
+    # that declare the variable; the others never see it
     for key, value in cloud.settings["environment"].items():
-        assert os.environ[key] == str(value)
+        owners = [fn.name for fn in cloud.stack.functions() if key in fn.environment]
+        assert owners, f"{key} is declared by no function"
+        for fn in cloud.stack.functions():
+            env = cloud.function_environment(fn.name)
+            if fn.name in owners:
+                assert env[key] == str(value)
+            else:
+                assert key not in env
+
+
+_TWO_FUNCTIONS = """
+service: clash
+provider: { name: aws, environment: { SHARED: both } }
+functions:
+  a: { handler: tests/support/handlers.environment, role: RoleA, environment: { MODE: one, ONLY_A: "1" } }
+  b: { handler: tests/support/handlers.environment, role: RoleB, environment: { MODE: two } }
+resources:
+  Resources:
+    RoleA:
+      Type: AWS::IAM::Role
+      Properties:
+        AssumeRolePolicyDocument: { Version: "2012-10-17", Statement: [] }
+    RoleB:
+      Type: AWS::IAM::Role
+      Properties:
+        AssumeRolePolicyDocument: { Version: "2012-10-17", Statement: [] }
+"""
 
 
 @pytest.mark.slow
-def test_localcloud_fails_loudly_when_two_functions_need_different_values(
+def test_each_function_has_its_own_environment_and_role(
     tmp_path: Path, make_cloud: Callable[..., LocalCloud]
 ) -> None:
     config = tmp_path / "serverless.yml"
-    config.write_text(
-        "service: clash\nprovider:\n  name: aws\nfunctions:\n"
-        "  a: { handler: x.a, environment: { MODE: one } }\n"
-        "  b: { handler: x.b, environment: { MODE: two } }\n"
-    )
+    config.write_text(_TWO_FUNCTIONS)
+    cloud = make_cloud(config_path=config)
+    env_a, env_b = cloud.invoke("a", {}), cloud.invoke("b", {})
+    assert (env_a["MODE"], env_b["MODE"]) == ("one", "two")
+    assert env_a["SHARED"] == env_b["SHARED"] == "both"
+    assert "ONLY_A" in env_a and "ONLY_A" not in env_b
+    assert env_a["AWS_LAMBDA_FUNCTION_NAME"] == "clash-local-a"
+    assert env_a["AWS_ACCESS_KEY_ID"] != env_b["AWS_ACCESS_KEY_ID"]  # each its own role's session
+    assert env_a["AWS_ACCESS_KEY_ID"] == cloud.role_credentials("RoleA")["AWS_ACCESS_KEY_ID"]
+    assert "MODE" not in os.environ  # nothing of a function's leaks into the local cloud
+
+
+@pytest.mark.slow
+def test_an_environment_override_no_function_declares_is_refused(
+    make_cloud: Callable[..., LocalCloud],
+) -> None:
     threads_before = set(threading.enumerate())
-    with pytest.raises(LocalCloudError, match="'a' and 'b' set MODE to different values"):
-        make_cloud(config_path=config)
+    with pytest.raises(LocalCloudError, match="no function declares NOT_A_SETTING"):
+        make_cloud(environment={"NOT_A_SETTING": "1"})
     assert set(threading.enumerate()) == threads_before
-    assert "MODE" not in os.environ
 
 
 # --- API Gateway stand-in -------------------------------------------------------------------
@@ -383,3 +420,38 @@ def test_localcloud_starts_the_drivers_after_the_core_and_stops_them_all(tmp_pat
 
     assert set(names) == {"streams", "instances", "alarms", "notifications"}
     assert set(threading.enumerate()) == threads_before
+
+
+@pytest.mark.slow
+def test_api_gateway_answers_504_past_its_integration_timeout(make_cloud: Callable[..., LocalCloud]) -> None:
+    def slow(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        time.sleep(3)
+        return {"statusCode": 200, "body": "late"}
+
+    cloud = make_cloud(handlers={"upload": slow})
+    assert cloud.api is not None
+    cloud.api.integration_timeout_s = 0.5  # 29 s in AWS; shortened so the test is quick
+    started = time.monotonic()
+    reply = requests.post(f"{cloud.api_url}/upload", data="[]", timeout=30)
+    assert reply.status_code == 504
+    assert reply.json() == {"message": "Endpoint request timed out"}
+    assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.slow
+def test_api_front_holds_a_burst_of_connections_without_resetting_any(cloud: LocalCloud) -> None:
+    """More simultaneous connections than a default listen backlog (5) holds: none is reset."""
+    results: list[int | str] = []
+
+    def call() -> None:
+        try:
+            results.append(requests.get(f"{cloud.api_url}/models?limit=1", timeout=120).status_code)
+        except requests.RequestException as err:
+            results.append(repr(err))
+
+    threads = [threading.Thread(target=call) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert results.count(200) == 64, [r for r in results if r != 200][:3]

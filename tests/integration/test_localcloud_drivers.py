@@ -205,6 +205,11 @@ def test_instance_runner_gives_the_trainer_the_instance_role_through_imds(
         environment={"RUN_VERSION": "v1"},
         install_retry_s=0,
     )
+    ecr = ctx.client("ecr")  # the trainer image, as `make image` pushes it
+    ecr.create_repository(repositoryName="autoretrain-test-trainer")
+    ecr.put_image(
+        repositoryName="autoretrain-test-trainer", imageManifest=infra.trainer_manifest(), imageTag="latest"
+    )
     instance_id = launch(ctx, script, profile_arn=ctx.stack.arns[f"{profile}.Arn"])
     wait_for(runner, instance_id, 60)
     assert runner.imds is not None

@@ -43,9 +43,15 @@ def policies(role: str) -> list[dict[str, Any]]:
 
 
 class FakeWorld:
-    def __init__(self, tags: Mapping[str, Mapping[str, str]] | None = None, spot_role: bool = True) -> None:
+    def __init__(
+        self,
+        tags: Mapping[str, Mapping[str, str]] | None = None,
+        spot_role: bool = True,
+        missing_objects: frozenset[str] = frozenset(),
+    ) -> None:
         self.tags = dict(tags or {})
         self.spot_role = spot_role
+        self.missing_objects = missing_objects
 
     def instance_tags(self, instance_id: str) -> Mapping[str, str] | None:
         return self.tags.get(instance_id)
@@ -55,6 +61,9 @@ class FakeWorld:
 
     def service_linked_role_exists(self, service_name: str) -> bool:
         return self.spot_role
+
+    def object_exists(self, bucket: str, key: str) -> bool:
+        return key not in self.missing_objects
 
 
 def call(service: str, operation: str, **params: Any) -> ApiCall:
@@ -542,3 +551,17 @@ def test_error_response_query_ec2_and_s3() -> None:
     _, _, body = iam.error_response(call("s3", "GetObject"), "AccessDenied", "no", 403)
     assert ET.fromstring(body).findtext("Code") == "AccessDenied"
     assert iam.error_response(call("s3", "HeadObject"), "AccessDenied", "no", 403)[2] == b""
+
+
+@pytest.mark.parametrize("operation", ["GetObject", "HeadObject"])
+def test_reading_a_missing_object_also_needs_list_bucket_to_learn_it_is_missing(operation: str) -> None:
+    world = FakeWorld(missing_objects=frozenset({"models/v9/model.json"}))
+    found = checks(call("s3", operation, Bucket=BUCKET, Key="models/v1/model.json"), world)
+    missing = checks(call("s3", operation, Bucket=BUCKET, Key="models/v9/model.json"), world)
+    assert [c.action for c in found] == ["s3:GetObject"]
+    assert [c.action for c in missing] == ["s3:GetObject", "s3:ListBucket"]
+    assert missing[1].resource == f"arn:aws:s3:::{BUCKET}"
+    # the proxy and the registry may list the bucket: a missing file is their 404 / 409
+    assert all(iam.allowed(policies("S3ProxyFunctionRole"), c) for c in missing)
+    assert all(iam.allowed(policies("RegistryFunctionRole"), c) for c in missing)
+    assert not all(iam.allowed(policies("TrainInstanceRole"), c) for c in missing)

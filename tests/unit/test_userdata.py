@@ -5,6 +5,7 @@ AMI lacks, and it always powers off. It runs here under exactly the AMI's comman
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import subprocess
@@ -16,7 +17,7 @@ import boto3
 import pytest
 
 from lambdas.core import userdata
-from localcloud import instances
+from localcloud import infra, instances
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/autoretrain-test-trainer:latest"
 VERSION = "v20261123T091432Z-1a2b"
@@ -125,6 +126,15 @@ def run_instance(
         IamInstanceProfile={"Arn": instance_profile(endpoint)},
     )["Instances"][0]["InstanceId"]
     admin = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    ecr = boto3.client("ecr", **admin)  # the trainer image, pushed as `make image` would
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+        ecr.create_repository(repositoryName="autoretrain-test-trainer")
+    with contextlib.suppress(ecr.exceptions.ImageAlreadyExistsException):
+        ecr.put_image(
+            repositoryName="autoretrain-test-trainer",
+            imageManifest=infra.trainer_manifest(),
+            imageTag="latest",
+        )
     role = instances.role_credentials(
         ec2, boto3.client("iam", **admin), boto3.client("sts", **admin), instance_id
     )
@@ -221,3 +231,17 @@ def test_userdata_terminates_the_instance_after_a_trainer_failure(
     assert state in ("shutting-down", "terminated")
     assert env["RUN_VERSION"] == VERSION
     assert "the trainer exited with status 3" in result.stdout and "terminated i-" in result.stdout
+
+
+@pytest.mark.slow
+def test_userdata_fails_and_powers_off_when_the_trainer_image_is_not_in_the_registry(
+    moto_server: str, tmp_path: Path, imds: instances.Imds
+) -> None:
+    text = script(install_retry_s=0).replace(
+        "autoretrain-test-trainer:latest", "autoretrain-test-trainer:missing"
+    )
+    result, state, _ = run_instance(moto_server, tmp_path, recorder(tmp_path, 0), imds, text=text)
+    assert result.returncode != 0
+    assert "manifest unknown" in result.stderr
+    assert state == "terminated"
+    assert not (tmp_path / "trainer-env.json").exists()

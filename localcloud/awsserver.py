@@ -1,0 +1,138 @@
+"""The local AWS endpoint: moto's server behind the gate, in a process of its own.
+
+``python -m localcloud.awsserver --port 0`` binds, prints ``listening on http://HOST:PORT``
+and serves until SIGTERM or SIGINT. Its own process means its own interpreter and GIL: the
+functions, the drivers and the API front no longer queue behind moto's request handling.
+``AwsServer`` starts and stops it from the local cloud.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from localcloud.infra import LOCAL_ACCOUNT, ROOT
+
+# Connections waiting to be accepted; the default of 5 (socketserver) resets clients in a burst.
+LISTEN_BACKLOG = 1024
+READY = "listening on "
+
+
+def make_app(*, account: str, region: str, record: Path | None) -> Any:
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    from localcloud.gate import Gate
+
+    return Gate(
+        DomainDispatcherApplication(create_backend_app), account=account, region=region, record=record
+    )
+
+
+def serve(host: str, port: int, *, account: str, region: str, record: Path | None) -> None:
+    from moto.server import MotoRequestHandler
+    from werkzeug.serving import ThreadedWSGIServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    class Server(ThreadedWSGIServer):
+        request_queue_size = LISTEN_BACKLOG
+        daemon_threads = True
+
+    server = Server(
+        host, port, make_app(account=account, region=region, record=record), handler=MotoRequestHandler
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    print(f"{READY}http://{host}:{server.server_address[1]}", flush=True)
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localcloud.awsserver", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--account", default=LOCAL_ACCOUNT)
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--record", type=Path, default=None, help="append IAM decisions here (JSON lines)")
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, account=args.account, region=args.region, record=args.record)
+    return 0
+
+
+class AwsServer:
+    """The parent's handle: ``start()`` waits until the endpoint answers; ``url``; ``stop()``."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        region: str = "us-east-1",
+        record: Path | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self._args = ["--host", host, "--port", str(port), "--region", region]
+        if record is not None:
+            self._args += ["--record", str(record)]
+        self._log_path = log_path
+        self._process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> AwsServer:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(self._log_path or os.devnull, "a") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "localcloud.awsserver", *self._args],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                cwd=str(ROOT),
+                env=env,
+            )
+        assert self._process.stdout is not None
+        # The server prints its address once it listens: connections queue from then on.
+        line = self._process.stdout.readline()
+        if not line.startswith(READY):
+            self.stop()
+            raise RuntimeError(f"the local AWS endpoint did not start: {line.strip() or 'no output'}")
+        self.url = line[len(READY) :].strip()
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for _ in self._process.stdout:
+            pass
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,325 @@
+"""The local cloud refuses what AWS refuses: every function's calls run under its role from
+serverless.yml; a call the role does not allow gets the service's AccessDenied error naming
+the action and the resource, and nothing is written. Mutation tests remove one permission from
+a copy of serverless.yml and show the call it guards failing locally."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from localcloud.cloud import LocalCloud
+from tests.support import serverless
+
+pytestmark = pytest.mark.slow
+
+QUIET = {"traffic": {"enabled": False}}
+SAMPLE = {"temp": 75, "rh": 60, "wind": 0.6, "clo": 1.0, "label": "ok"}
+
+
+@pytest.fixture
+def make_cloud(tmp_path: Path) -> Iterator[Callable[..., LocalCloud]]:
+    started: list[LocalCloud] = []
+
+    def make(**kwargs: Any) -> LocalCloud:
+        kwargs.setdefault("schedule_overrides", QUIET)
+        kwargs.setdefault("drivers", ())
+        kwargs.setdefault("function_log", tmp_path / "functions.log")
+        cloud = LocalCloud(tmp_path / f"state{len(started)}", **kwargs)
+        started.append(cloud)
+        return cloud.start()
+
+    yield make
+    for cloud in started:
+        cloud.stop()
+
+
+def as_role(cloud: LocalCloud, role: str, service: str) -> Any:
+    creds = cloud.role_credentials(role)
+    return boto3.client(
+        service,  # type: ignore[call-overload]
+        endpoint_url=cloud.aws_url,
+        region_name=cloud.region,
+        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=creds["AWS_SESSION_TOKEN"],
+    )
+
+
+def count(cloud: LocalCloud, logical: str) -> int:
+    table = cloud.stack.table_name(logical)
+    return int(cloud.client("dynamodb").scan(TableName=table, Select="COUNT")["Count"])
+
+
+def test_a_role_may_do_what_its_policy_allows_and_nothing_else(make_cloud) -> None:
+    cloud = make_cloud()
+    upload = as_role(cloud, "UploadFunctionRole", "dynamodb")
+    data, models = cloud.stack.table_name("DataTable"), cloud.stack.table_name("ModelTable")
+    item = {"id": {"S": "a"}, "temp": {"N": "70"}}
+    upload.batch_write_item(RequestItems={data: [{"PutRequest": {"Item": item}}]})
+    assert count(cloud, "DataTable") == 1
+    with pytest.raises(ClientError) as denied:
+        upload.put_item(TableName=models, Item={"pk": {"S": "latest"}})
+    error = denied.value.response["Error"]
+    assert error["Code"] == "AccessDeniedException"
+    assert "dynamodb:PutItem" in error["Message"]
+    assert cloud.stack.arns["ModelTable.Arn"] in error["Message"]
+    assert "assumed-role/autoretrain-local-UploadFunctionRole" in error["Message"]
+    with pytest.raises(ClientError) as denied_batch:
+        upload.batch_write_item(RequestItems={models: [{"PutRequest": {"Item": {"pk": {"S": "x"}}}}]})
+    assert denied_batch.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert count(cloud, "ModelTable") == 0
+
+
+def test_an_unknown_access_key_or_a_forged_session_token_is_refused(make_cloud) -> None:
+    cloud = make_cloud()
+    stranger = boto3.client(
+        "dynamodb",
+        endpoint_url=cloud.aws_url,
+        region_name=cloud.region,
+        aws_access_key_id="AKIAUNKNOWN000000000",
+        aws_secret_access_key="x",
+    )
+    with pytest.raises(ClientError) as refused:
+        stranger.list_tables()
+    assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    creds = cloud.role_credentials("ModelsFunctionRole")
+    forged = boto3.client(
+        "dynamodb",
+        endpoint_url=cloud.aws_url,
+        region_name=cloud.region,
+        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token="not-the-token",
+    )
+    with pytest.raises(ClientError) as refused_token:
+        forged.get_item(TableName=cloud.stack.table_name("ModelTable"), Key={"pk": {"S": "latest"}})
+    assert refused_token.value.response["Error"]["Code"] == "UnrecognizedClientException"
+
+
+def test_functions_call_aws_with_their_own_role(make_cloud) -> None:
+    cloud = make_cloud()
+    reply = requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert count(cloud, "DataTable") == 1
+    assert requests.get(f"{cloud.api_url}/models", timeout=60).status_code == 200
+
+
+def test_removing_batch_write_from_the_upload_role_fails_uploads_and_writes_nothing(
+    make_cloud, tmp_path
+) -> None:
+    config = serverless.without_action(tmp_path, "UploadFunctionRole", "dynamodb:BatchWriteItem")
+    cloud = make_cloud(config_path=config)
+    reply = requests.post(f"{cloud.api_url}/upload", json=[SAMPLE] * 3, timeout=60)
+    assert reply.status_code >= 500, reply.text
+    assert count(cloud, "DataTable") == 0
+    assert "AccessDeniedException" in (tmp_path / "functions.log").read_text()
+
+
+def test_removing_query_from_the_models_role_fails_the_listing(make_cloud, tmp_path) -> None:
+    config = serverless.without_action(tmp_path, "ModelsFunctionRole", "dynamodb:Query")
+    cloud = make_cloud(config_path=config)
+    reply = requests.get(f"{cloud.api_url}/models", timeout=60)
+    assert reply.status_code >= 500, reply.text
+    assert "dynamodb:Query" in (tmp_path / "functions.log").read_text()
+
+
+def test_removing_get_object_from_the_proxy_role_stops_it_signing(make_cloud, tmp_path) -> None:
+    config = serverless.without_action(tmp_path, "S3ProxyFunctionRole", "s3:GetObject")
+    cloud = make_cloud(config_path=config)
+    bucket = cloud.stack.physical["ModelBucket"]
+    version = "v20261123T091432Z-1a2b"
+    cloud.client("s3").put_object(Bucket=bucket, Key=f"models/{version}/model.json", Body=b"{}")
+    reply = requests.get(f"{cloud.api_url}/s3proxy/{version}/model.json", timeout=60, allow_redirects=False)
+    assert reply.status_code >= 500, reply.text
+    assert "403" in (tmp_path / "functions.log").read_text()  # HeadObject refused: S3's 403
+
+
+def test_the_proxy_redirects_to_a_url_the_gate_verifies(make_cloud) -> None:
+    cloud = make_cloud()
+    bucket = cloud.stack.physical["ModelBucket"]
+    version = "v20261123T091432Z-1a2b"
+    cloud.client("s3").put_object(Bucket=bucket, Key=f"models/{version}/model.json", Body=b'{"ok": 1}')
+    cloud.client("s3").put_object(Bucket=bucket, Key=f"models/{version}/other.bin", Body=b"secret")
+    reply = requests.get(f"{cloud.api_url}/s3proxy/{version}/model.json", timeout=60, allow_redirects=False)
+    assert reply.status_code == 302, reply.text
+    url = reply.headers["Location"]
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Security-Token=" in url
+    assert requests.get(url, timeout=10).json() == {"ok": 1}
+    moved = requests.get(url.replace("model.json", "other.bin"), timeout=10)
+    assert moved.status_code == 403 and b"SignatureDoesNotMatch" in moved.content
+    altered = requests.get(url.replace("X-Amz-Expires=", "X-Amz-Expires=1"), timeout=10)
+    assert altered.status_code == 403
+    unsigned = requests.get(f"{cloud.aws_url}/{bucket}/models/{version}/model.json", timeout=10)
+    assert unsigned.status_code == 403
+
+
+def test_the_gate_records_each_decision_for_the_coverage_report(make_cloud, tmp_path) -> None:
+    record = tmp_path / "record.jsonl"
+    cloud = make_cloud(iam_record=record)
+    requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], timeout=60).raise_for_status()
+    with pytest.raises(ClientError):
+        as_role(cloud, "UploadFunctionRole", "s3").list_objects_v2(Bucket=cloud.stack.physical["ModelBucket"])
+    time.sleep(0.2)
+    entries = [json.loads(line) for line in record.read_text().splitlines()]
+    assert {
+        "role": "autoretrain-local-UploadFunctionRole",
+        "action": "dynamodb:BatchWriteItem",
+        "resource": cloud.stack.arns["DataTable.Arn"],
+        "allowed": True,
+    } in entries
+    assert any(e["action"] == "s3:ListBucket" and not e["allowed"] for e in entries)
+
+
+def _log_messages(cloud: LocalCloud, function: str) -> list[str]:
+    logs = cloud.client("logs")
+    group = f"/aws/lambda/{cloud.function_name(function)}"
+    return [e["message"] for e in logs.filter_log_events(logGroupName=group).get("events", [])]
+
+
+def test_function_logs_reach_their_log_group_with_the_functions_role(make_cloud) -> None:
+    cloud = make_cloud()
+    requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], timeout=60).raise_for_status()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _log_messages(cloud, "upload"):
+        time.sleep(0.3)
+    assert any('"event":"samples_written"' in m or "written" in m for m in _log_messages(cloud, "upload"))
+
+
+def test_a_role_without_log_permissions_loses_its_logs_not_its_work(make_cloud, tmp_path) -> None:
+    config = serverless.without_action(tmp_path, "UploadFunctionRole", "logs:PutLogEvents")
+    said: list[str] = []
+    cloud = make_cloud(config_path=config, say=said.append)
+    requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], timeout=60).raise_for_status()
+    assert count(cloud, "DataTable") == 1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("may not write its logs" in line for line in said):
+        time.sleep(0.3)
+    assert any("upload: its role may not write its logs" in line for line in said)
+    assert _log_messages(cloud, "upload") == []
+
+
+def _instances(cloud: LocalCloud) -> list[dict[str, Any]]:
+    reply = cloud.client("ec2").describe_instances(
+        Filters=[{"Name": "tag:service", "Values": ["autoretrain"]}]
+    )
+    return [i for r in reply["Reservations"] for i in r["Instances"]]
+
+
+def _runs(cloud: LocalCloud) -> list[dict[str, Any]]:
+    from lambdas.core.registry import Registry
+
+    return Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).list_runs(limit=20)[0]
+
+
+def _post_burst(cloud: LocalCloud, n: int = 240) -> None:
+    from lambdas.core import comfort
+
+    samples = comfort.generate(n, 7, 0.05)
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    assert reply.status_code == 200, reply.text
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.3)
+    return condition()
+
+
+def test_removing_the_alarm_permission_never_leaves_an_instance_running_unguarded(
+    make_cloud, tmp_path
+) -> None:
+    config = serverless.without_action(tmp_path, "TrainFunctionRole", "cloudwatch:PutMetricAlarm")
+    cloud = make_cloud(config_path=config, drivers=("streams", "instances"))
+    _post_burst(cloud)
+    assert _wait(lambda: any(r.get("status") == "failed" for r in _runs(cloud)), 90)
+    failed = next(r for r in _runs(cloud) if r.get("status") == "failed")
+    assert "cloudwatch:PutMetricAlarm" in json.dumps(failed) or "alarm" in json.dumps(failed).lower()
+    # every instance launched for it was terminated at once, and no alarm exists
+    assert _wait(
+        lambda: all(i["State"]["Name"] in ("shutting-down", "terminated") for i in _instances(cloud)), 30
+    )
+    assert _instances(cloud)
+    assert cloud.client("cloudwatch").describe_alarms()["MetricAlarms"] == []
+
+
+def test_without_the_spot_service_linked_role_permission_the_launch_falls_back_to_on_demand(
+    make_cloud, tmp_path
+) -> None:
+    config = serverless.without_action(tmp_path, "TrainFunctionRole", "iam:CreateServiceLinkedRole")
+    cloud = make_cloud(config_path=config, drivers=("streams",))
+    _post_burst(cloud)
+    assert _wait(lambda: bool(_instances(cloud)), 90)
+    [instance] = _instances(cloud)
+    assert instance.get("InstanceLifecycle") != "spot"
+    assert "spot_unavailable" in (tmp_path / "functions.log").read_text()
+    assert "ServiceLinkedRoleCreationNotPermitted" in (tmp_path / "functions.log").read_text()
+
+
+def test_with_the_file_as_it_is_the_first_spot_launch_creates_the_service_linked_role(make_cloud) -> None:
+    cloud = make_cloud(drivers=("streams",))
+    iam = cloud.client("iam")
+    assert not [r for r in iam.list_roles()["Roles"] if r["Path"] == "/aws-service-role/spot.amazonaws.com/"]
+    _post_burst(cloud)
+    assert _wait(lambda: bool(_instances(cloud)), 90)
+    [instance] = _instances(cloud)
+    assert instance.get("InstanceLifecycle") == "spot"
+    assert [r for r in iam.list_roles()["Roles"] if r["Path"] == "/aws-service-role/spot.amazonaws.com/"]
+
+
+def test_a_failing_stream_batch_reaches_the_failure_queue_through_the_functions_role(
+    make_cloud, tmp_path
+) -> None:
+    # Without GetItem the train function fails on every batch (it reads the lock first).
+    config = serverless.without_action(tmp_path, "TrainFunctionRole", "dynamodb:GetItem")
+    cloud = make_cloud(config_path=config, drivers=("streams",))
+    _post_burst(cloud, 30)
+    sqs = cloud.client("sqs")
+    url = cloud.stack.physical["TrainFailureQueue"]
+    messages: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        messages.extend(sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []))
+        return bool(messages)
+
+    assert _wait(arrived, 90)
+    body = json.loads(messages[0]["Body"])
+    assert "DDBStreamBatchInfo" in body
+    assert body["DDBStreamBatchInfo"]["streamArn"] == cloud.stack.arns["DataTable.StreamArn"]
+    assert not _instances(cloud)
+
+
+# --- service limits moto does not apply, applied by the gate -----------------------------------
+
+
+def test_the_local_endpoint_applies_dynamodb_and_ec2_limits_to_everyone(make_cloud) -> None:
+    cloud = make_cloud()
+    ddb = cloud.client("dynamodb")  # the administrator too: limits are the service's, not IAM's
+    table = cloud.stack.table_name("DataTable")
+    too_many = [{"PutRequest": {"Item": {"id": {"S": f"s{i}"}}}} for i in range(26)]
+    with pytest.raises(ClientError) as batch:
+        ddb.batch_write_item(RequestItems={table: too_many})
+    assert batch.value.response["Error"]["Code"] == "ValidationException"
+    ddb.batch_write_item(RequestItems={table: too_many[:25]})
+    with pytest.raises(ClientError) as item:
+        ddb.put_item(TableName=table, Item={"id": {"S": "big"}, "blob": {"S": "x" * (400 * 1024)}})
+    assert item.value.response["Error"]["Code"] == "ValidationException"
+    assert "Item size has exceeded the maximum allowed size" in item.value.response["Error"]["Message"]
+    assert count(cloud, "DataTable") == 25
+    with pytest.raises(ClientError) as user_data:
+        cloud.client("ec2").run_instances(
+            ImageId="ami-12c6146b", MinCount=1, MaxCount=1, UserData="#" * 16385
+        )
+    assert user_data.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert _instances(cloud) == [] and not cloud.client("ec2").describe_instances()["Reservations"]
