@@ -32,7 +32,13 @@ case "$action" in
   package | deploy)
     # The layers (numpy; traffic's compressed dependencies) built for the Lambda platform.
     (cd "$root" && "$python" -m scripts.package_functions --out "$root/infra/build")
-    "$osls" "$action" --stage "$stage" --region "$region"
+    "$osls" package --stage "$stage" --region "$region"
+    # Lambda's limit on a function's code plus its layers, unzipped, checked before anything is
+    # uploaded; deploy then ships exactly the package that was checked.
+    (cd "$root" && "$python" -m scripts.package_functions --check-sizes "$root/infra/.serverless")
+    if [ "$action" = deploy ]; then
+      "$osls" deploy --package .serverless --stage "$stage" --region "$region"
+    fi
     ;;
   remove)
     # The bucket must be empty before CloudFormation can delete it; the models go with it.
