@@ -269,7 +269,9 @@ class LocalCloud:
         with self._pools_lock:
             pool = self._pools.get(fn.name)
             if pool is None:
-                pool = self._pools[fn.name] = FunctionPool(self._spec(fn), self._function_output)
+                pool = self._pools[fn.name] = FunctionPool(
+                    self._spec(fn), self._function_output, platform_sink=self._platform_output
+                )
             return pool
 
     def _spec(self, fn: infra.Function) -> FunctionSpec:
@@ -319,6 +321,11 @@ class LocalCloud:
             memory_mb=fn.memory,
             max_concurrency=fn.reserved_concurrency or limit,
         )
+
+    def _platform_output(self, name: str, line: str) -> None:
+        """Lambda's START/END/REPORT lines: to the function's log group only."""
+        if self._logs is not None:
+            self._logs.add(name, line)
 
     def _function_output(self, name: str, line: str) -> None:
         if self._logs is not None:

@@ -170,9 +170,12 @@ class _Worker:
 class FunctionPool:
     """The execution environments of one function."""
 
-    def __init__(self, spec: FunctionSpec, sink: LogSink) -> None:
+    def __init__(self, spec: FunctionSpec, sink: LogSink, platform_sink: LogSink | None = None) -> None:
+        """``sink`` gets every line the function writes; ``platform_sink`` the lines Lambda's
+        platform adds to its log (START, END, REPORT with the duration)."""
         self.spec = spec
         self._sink = sink
+        self._platform_sink = platform_sink
         self._idle: list[_Worker] = []
         self._count = 0  # idle + busy + starting
         self._cond = threading.Condition()
@@ -194,6 +197,8 @@ class FunctionPool:
             )
         worker = self._acquire()
         request_id = str(uuid.uuid4())
+        started = time.monotonic()
+        self._platform(f"START RequestId: {request_id} Version: $LATEST")
         deadline = time.monotonic() + self.spec.timeout_s
         try:
             if worker.init_seconds is None:
@@ -202,6 +207,11 @@ class FunctionPool:
             answer = worker.invoke(payload, request_id, deadline)
         except TimeoutError:
             self._discard(worker)
+            self._platform(f"END RequestId: {request_id}")
+            self._platform(
+                f"REPORT RequestId: {request_id} Duration: {self.spec.timeout_s * 1000:.2f} ms "
+                "Status: timeout"
+            )
             raise FunctionTimeout(
                 self.spec.name,
                 "Sandbox.Timedout",
@@ -211,6 +221,12 @@ class FunctionPool:
             self._discard(worker)
             raise
         self._release(worker)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        self._platform(f"END RequestId: {request_id}")
+        self._platform(
+            f"REPORT RequestId: {request_id} Duration: {elapsed_ms:.2f} ms "
+            f"Billed Duration: {max(1, int(elapsed_ms + 0.999))} ms Memory Size: {self.spec.memory_mb} MB"
+        )
         if "error" in answer:
             error = answer["error"]
             raise FunctionError(self.spec.name, str(error.get("errorType")), str(error.get("errorMessage")))
@@ -223,6 +239,10 @@ class FunctionPool:
                 f"({MAX_SYNC_PAYLOAD_BYTES} bytes).",
             )
         return result
+
+    def _platform(self, line: str) -> None:
+        if self._platform_sink is not None:
+            self._platform_sink(self.spec.name, line)
 
     def _acquire(self) -> _Worker:
         with self._cond:

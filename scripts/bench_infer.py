@@ -113,7 +113,6 @@ class ServingStack:
         self._tmp = tempfile.TemporaryDirectory(prefix="serving-")
         state = Path(self._tmp.name)
         self.function_log = state / "functions.log"
-        before = dict(os.environ)
         self.cloud = LocalCloud(
             state_dir=state,
             stage=self.stage,
@@ -129,7 +128,11 @@ class ServingStack:
         except BaseException:
             self._tmp.cleanup()
             raise
-        self.env = {k: v for k, v in os.environ.items() if before.get(k) != v}
+        # The stack's settings as the functions see them (each function has only its own).
+        self.env = {}
+        for fn in self.cloud.stack.functions():
+            for key, value in self.cloud.function_environment(fn.name).items():
+                self.env.setdefault(key, value)
         self.api_url: str = self.cloud.api_url
         self.aws_endpoint: str = self.cloud.aws_url
         self.bucket = self.env["MODEL_BUCKET"]

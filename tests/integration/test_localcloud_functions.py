@@ -104,6 +104,9 @@ def test_handler_exception_fails_that_invocation_only(pools, logs) -> None:
         pool.invoke({"why": "bad input"})
     assert raised.value.error_type == "ValueError"
     assert "failing on purpose: bad input" in raised.value.message
+    deadline = time.monotonic() + 5  # the log is read by its own thread, the answer by another
+    while not any("failing on purpose" in line for line in logs) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert any("failing on purpose" in line for line in logs)  # the error is in the function's log
     with pytest.raises(FunctionError):
         pool.invoke({})

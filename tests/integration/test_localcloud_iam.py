@@ -160,6 +160,9 @@ def test_the_proxy_redirects_to_a_url_the_gate_verifies(make_cloud) -> None:
     assert altered.status_code == 403
     unsigned = requests.get(f"{cloud.aws_url}/{bucket}/models/{version}/model.json", timeout=10)
     assert unsigned.status_code == 403
+    # a file that is not there is a 404 only because the proxy's role may list the bucket
+    missing = requests.get(f"{cloud.api_url}/s3proxy/{version}/group1-shard1of1.bin", timeout=60)
+    assert missing.status_code == 404, missing.text
 
 
 def test_the_gate_records_each_decision_for_the_coverage_report(make_cloud, tmp_path) -> None:

@@ -40,6 +40,7 @@ def test_metrics_notebook_executes_against_a_seeded_model_table(tmp_path: Path) 
             **{k: v for k, v in os.environ.items() if k != "MPLBACKEND"},
             "PYTHONPATH": str(ROOT),
             "LOG_LEVEL": "WARNING",
+            "MODEL_TABLE": stack.table,
         }
         result = subprocess.run(
             [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",

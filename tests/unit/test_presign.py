@@ -10,6 +10,7 @@ is local computation: these tests use fake credentials and no network.
 from __future__ import annotations
 
 import urllib.parse
+import urllib.request
 from typing import Any
 
 import pytest
@@ -125,3 +126,18 @@ def test_presign_through_the_handler_redirects_to_the_regional_host(s3: Any, sta
     location = out["headers"]["Location"]
     assert urllib.parse.urlsplit(location).netloc == f"{bucket}.s3.us-east-1.amazonaws.com"
     assert query_of(location)["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+
+
+@pytest.mark.slow
+def test_presign_url_on_the_local_cloud_fetches_the_object(
+    monkeypatch: pytest.MonkeyPatch, moto_server: str
+) -> None:
+    """The path-style SigV4 URL works against a moto server, as TF.js and infer follow it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    in_region(monkeypatch, "eu-west-1")
+    aws.s3().create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    aws.s3().put_object(Bucket=BUCKET, Key=f"models/{V1}/model.json", Body=b'{"format": "layers-model"}')
+    url = proxy_location()
+    assert url.startswith(f"{moto_server}/{BUCKET}/")
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.read() == b'{"format": "layers-model"}'
