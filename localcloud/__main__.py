@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud
+from localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud, forget
 
 DEFAULT_API_PORT = 3000
 DEFAULT_AWS_PORT = 4566
@@ -25,6 +25,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-traffic", action="store_true", help="do not fire the synthetic traffic schedule"
     )
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start empty: forget the tables, objects, runs and lock kept in the state directory",
+    )
+    parser.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="keep nothing: the state lives in memory and goes with the process",
+    )
     parser.add_argument(
         "--env",
         action="append",
@@ -53,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         stopping.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if args.fresh:
+        forget(args.state_dir)
     cloud = LocalCloud(
         args.state_dir,
+        durable=not args.ephemeral,
         api_port=args.api_port,
         aws_port=args.aws_port,
         stage=args.stage,

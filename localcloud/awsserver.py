@@ -19,24 +19,39 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from localcloud import persistence
 from localcloud.infra import LOCAL_ACCOUNT, ROOT
 
+# How often a changed state is snapshotted (the journal covers the time in between).
+SNAPSHOT_EVERY_S = 30.0
 # Connections waiting to be accepted; the default of 5 (socketserver) resets clients in a burst.
 LISTEN_BACKLOG = 1024
 READY = "listening on "
 
 
-def make_app(*, account: str, region: str, record: Path | None) -> Any:
+def make_app(
+    *, account: str, region: str, record: Path | None, store: persistence.Store | None = None
+) -> Any:
     from moto.server import DomainDispatcherApplication, create_backend_app
 
-    from localcloud.gate import Gate
+    from localcloud.gate import Gate, replay
 
-    return Gate(
-        DomainDispatcherApplication(create_backend_app), account=account, region=region, record=record
-    )
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    if store is not None:
+        store.restore(lambda entry: replay(moto_app, entry))
+    return Gate(moto_app, account=account, region=region, record=record, store=store)
 
 
-def serve(host: str, port: int, *, account: str, region: str, record: Path | None) -> None:
+def serve(
+    host: str,
+    port: int,
+    *,
+    account: str,
+    region: str,
+    record: Path | None,
+    state_dir: Path | None = None,
+    snapshot_every_s: float = SNAPSHOT_EVERY_S,
+) -> None:
     from moto.server import MotoRequestHandler
     from werkzeug.serving import ThreadedWSGIServer
 
@@ -46,18 +61,49 @@ def serve(host: str, port: int, *, account: str, region: str, record: Path | Non
         request_queue_size = LISTEN_BACKLOG
         daemon_threads = True
 
-    server = Server(
-        host, port, make_app(account=account, region=region, record=record), handler=MotoRequestHandler
-    )
+    store = persistence.Store(state_dir) if state_dir is not None else None
+    app = make_app(account=account, region=region, record=record, store=store)
+    if store is not None:
+        print(
+            f"state: {'restored' if store.restored_snapshot else 'new'} in {state_dir}"
+            f" ({store.restored_entries} journaled changes replayed)",
+            file=sys.stderr,
+            flush=True,
+        )
+    server = Server(host, port, app, handler=MotoRequestHandler)
+    stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
+
+    def snapshots() -> None:
+        # The journal makes every answered change durable; a snapshot now and then keeps it
+        # short, so a restart replays seconds of changes, not hours.
+        assert store is not None
+        while not stopping.wait(snapshot_every_s):
+            if store.dirty:
+                store.snapshot()
+
+    def orphaned() -> None:
+        # The local cloud that started this process died (killed, crashed): stop too, leaving
+        # a last snapshot, rather than keep serving, and holding the port, for nobody.
+        parent = os.getppid()
+        while not stopping.wait(0.5):
+            if os.getppid() != parent:
+                on_signal(signal.SIGTERM, None)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    threading.Thread(target=orphaned, name="orphaned", daemon=True).start()
+    if store is not None:
+        threading.Thread(target=snapshots, name="snapshots", daemon=True).start()
     print(f"{READY}http://{host}:{server.server_address[1]}", flush=True)
     server.serve_forever(poll_interval=0.2)
     server.server_close()
+    if store is not None:
+        store.snapshot()
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--account", default=LOCAL_ACCOUNT)
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--record", type=Path, default=None, help="append IAM decisions here (JSON lines)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="keep the state here (snapshot and journal); none: memory only",
+    )
     args = parser.parse_args(argv)
-    serve(args.host, args.port, account=args.account, region=args.region, record=args.record)
+    serve(
+        args.host,
+        args.port,
+        account=args.account,
+        region=args.region,
+        record=args.record,
+        state_dir=args.state_dir,
+    )
     return 0
 
 
@@ -83,10 +142,13 @@ class AwsServer:
         region: str = "us-east-1",
         record: Path | None = None,
         log_path: Path | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self._args = ["--host", host, "--port", str(port), "--region", region]
         if record is not None:
             self._args += ["--record", str(record)]
+        if state_dir is not None:
+            self._args += ["--state-dir", str(state_dir)]
         self._log_path = log_path
         self._process: subprocess.Popen[str] | None = None
         self.url = ""
@@ -121,14 +183,21 @@ class AwsServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def kill(self) -> None:
+        """Kill -9, as a crash would (tests of durability)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
-            process.terminate()
+            process.terminate()  # a clean stop writes a last snapshot
             try:
-                process.wait(10)
+                process.wait(120)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -59,6 +59,16 @@ class LocalCloudError(RuntimeError):
     pass
 
 
+def forget(state_dir: Path) -> None:
+    """Start empty next time: remove the kept AWS state and the stream positions."""
+    from localcloud import persistence
+    from localcloud.streams import POSITIONS_FILE
+
+    persistence.clear(Path(state_dir) / "aws")
+    with contextlib.suppress(FileNotFoundError):
+        (Path(state_dir) / POSITIONS_FILE).unlink()
+
+
 def _say(line: str) -> None:
     print(f"[localcloud] {line}", flush=True)
 
@@ -81,12 +91,14 @@ class LocalCloud:
         web_dir: Path | None = ROOT / "web",
         say: Callable[[str], None] = _say,
         iam_record: Path | None = None,
+        durable: bool = False,
     ) -> None:
         """``schedule_overrides`` and ``environment`` apply on top of custom.localCloud;
         ``handlers`` replaces functions' handlers with callables run in this process (a test
         hook: they get no role and no process of their own); ``function_log`` sends the
         functions' output to a file instead of stdout; ``iam_record`` (or the variable
-        LOCALCLOUD_IAM_RECORD) is where the gate appends its IAM decisions."""
+        LOCALCLOUD_IAM_RECORD) is where the gate appends its IAM decisions; ``durable`` keeps the
+        AWS state (and the stream positions) in ``state_dir`` across stops and crashes."""
         self.state_dir = Path(state_dir)
         self.stage = stage
         self.region = region
@@ -102,6 +114,7 @@ class LocalCloud:
         self._web_dir = web_dir
         record = iam_record or os.environ.get(IAM_RECORD_ENV)
         self._iam_record = Path(record) if record else None
+        self.durable = durable
 
         self.moto: AwsServer | None = None
         self.api: ApiServer | None = None
@@ -353,6 +366,7 @@ class LocalCloud:
             region=self.region,
             record=self._iam_record,
             log_path=self.state_dir / "aws.log",
+            state_dir=self.state_dir / "aws" if self.durable else None,
         ).start()
         self._set_environment(self._aws_environment())
 
@@ -391,6 +405,7 @@ class LocalCloud:
             say=self.say,
             settings=self.settings,
             role_credentials=self.role_credentials,
+            durable=self.durable,
         )
         self.scheduler.start()
         for item in self.scheduler.items:

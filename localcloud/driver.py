@@ -24,6 +24,8 @@ class Context:
     settings: dict[str, Any] = field(default_factory=dict)  # custom.localCloud of serverless.yml
     # role logical id -> its temporary credentials (AWS_ACCESS_KEY_ID, ..._SECRET_..., ..._SESSION_TOKEN)
     role_credentials: Callable[[str], dict[str, str]] | None = None
+    # The state outlives the process (``make local``): drivers keep their positions too.
+    durable: bool = False
 
     def client(self, service: str) -> Any:
         """An administrator's client: what AWS itself does (deliver events, run instances)."""

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from localcloud import awsapi, iam, limits, sigv4
+from localcloud import awsapi, iam, limits, persistence, sigv4
 
 ADMIN_ACCESS_KEY = "testing"
 ADMIN_SECRET_KEY = "testing"
@@ -133,8 +133,18 @@ class MotoWorld:
 
 
 class Gate:
-    def __init__(self, app: WsgiApp, *, account: str, region: str, record: Path | None = None) -> None:
+    def __init__(
+        self,
+        app: WsgiApp,
+        *,
+        account: str,
+        region: str,
+        record: Path | None = None,
+        store: persistence.Store | None = None,
+    ) -> None:
+        """``store``: journal every change moto applies (durable state, localcloud.persistence)."""
         self.app = app
+        self.store = store
         self.account = account
         self.world = MotoWorld(account, region)
         self._record_path = record
@@ -148,15 +158,40 @@ class Gate:
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         try:
-            self._check(environ, body)
+            call = self._check(environ, body)
         except _Refused as refused:
             start_response(f"{refused.status} {_REASONS.get(refused.status, 'Error')}", refused.headers)
             return [refused.body]
-        return self.app(environ, start_response)
+        operation = call.operation if call is not None else None
+        if self.store is None:
+            return self.app(environ, start_response)
+        if not persistence.is_mutation(operation, str(environ["REQUEST_METHOD"])):
+            with self.store.lock.shared():
+                status, headers, chunks = _run(self.app, environ)
+            start_response(status, headers)
+            return chunks
+        # A change: applied, journaled and only then answered, one at a time so that the
+        # journal's order is the order moto applied them in.
+        with self.store.lock:
+            random_state = persistence.random_state()
+            status, headers, chunks = _run(self.app, environ)
+            if int(status.split(" ", 1)[0]) < 400:
+                self.store.append(
+                    persistence.Entry(
+                        method=str(environ["REQUEST_METHOD"]),
+                        path=str(environ.get("PATH_INFO", "")),
+                        query=str(environ.get("QUERY_STRING", "")),
+                        headers=[(k, v) for k, v in _headers(environ).items()],
+                        body=body,
+                        random_state=random_state,
+                    )
+                )
+        start_response(status, headers)
+        return chunks
 
     # --- the checks --------------------------------------------------------------------------
 
-    def _check(self, environ: dict[str, Any], body: bytes) -> None:
+    def _check(self, environ: dict[str, Any], body: bytes) -> awsapi.ApiCall | None:
         headers = _headers(environ)
         raw_path = _raw_path(environ)
         raw_query = str(environ.get("QUERY_STRING", ""))
@@ -197,7 +232,7 @@ class Gate:
                     [("Content-Type", "application/xml")],
                     sigv4.s3_error_xml("AccessDenied", "Anonymous access is not allowed here"),
                 )
-            return
+            return None
         principal = self._identify(call, headers, presigned)
         try:
             limits.check(call, len(body))
@@ -205,8 +240,9 @@ class Gate:
             raise _Refused(*iam.error_response(call, err.code, err.message, err.status)) from None
         if principal.role_name is None:
             self._side_effects(call, allowed=True)
-            return
+            return call
         self._authorize(principal, call)
+        return call
 
     def _secret_for(self, access_key: str) -> str | None:
         principal = self.world.principal(access_key)
@@ -284,6 +320,39 @@ _REASONS = {
     404: "Not Found",
     413: "Payload Too Large",
 }
+
+
+def _run(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], list[bytes]]:
+    """Call a WSGI application and collect its whole answer."""
+    captured: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured["status"], captured["headers"] = status, headers
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        chunks = [bytes(chunk) for chunk in result]
+    finally:
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()
+    return str(captured["status"]), list(captured["headers"]), chunks
+
+
+def replay(app: WsgiApp, entry: persistence.Entry) -> str:
+    """Hand a journaled request to moto again (bypassing the gate); returns the status."""
+    from werkzeug.test import EnvironBuilder
+
+    headers = [(k.title(), v) for k, v in entry.headers if k != "content-length"]
+    builder = EnvironBuilder(
+        path=entry.path, method=entry.method, query_string=entry.query, headers=headers, data=entry.body
+    )
+    try:
+        status, _, _ = _run(app, builder.get_environ())
+    finally:
+        builder.close()
+    return status
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:

@@ -334,12 +334,19 @@ def create_resources(stack: Stack, session: Any) -> Stack:
         props = spec["Properties"]
         name = stack.resolve_intrinsics(props["BucketName"])
         try:
-            if stack.region == "us-east-1":
-                s3.create_bucket(Bucket=name)
-            else:
-                s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": stack.region})
-        except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
-            pass
+            # In us-east-1 creating a bucket one already owns "succeeds" (and moto replaces it
+            # with an empty one): look first, so a restored bucket keeps its objects.
+            s3.head_bucket(Bucket=name)
+        except s3.exceptions.ClientError:
+            try:
+                if stack.region == "us-east-1":
+                    s3.create_bucket(Bucket=name)
+                else:
+                    s3.create_bucket(
+                        Bucket=name, CreateBucketConfiguration={"LocationConstraint": stack.region}
+                    )
+            except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+                pass
         if "CorsConfiguration" in props:
             s3.put_bucket_cors(Bucket=name, CORSConfiguration=_cors(props["CorsConfiguration"]))
         if "BucketEncryption" in props:

@@ -283,6 +283,8 @@ class InstanceRunner:
         self.rules = event_rules(ctx.stack)
         create_instance_profiles(ctx)
         ctx.state_dir.mkdir(parents=True, exist_ok=True)
+        if ctx.durable:
+            self.resolve_orphans()
         self.imds = Imds(ctx.state_dir)
         self.imds.start()
         watcher = threading.Thread(target=self._watch, name="instances", daemon=True)
@@ -361,6 +363,7 @@ class InstanceRunner:
             ps = psutil.Process(proc.pid)
             killed = False
             while proc.poll() is None:
+                self._remember_tree(instance_id, ps)
                 cpu = tree_cpu_percent(ps, self.metric_s)
                 self._publish(instance_id, cpu)
                 if self._stop.is_set() or self._state(instance_id) in ("shutting-down", "terminated"):
@@ -386,6 +389,52 @@ class InstanceRunner:
         if not self._stop.is_set() and self._state(instance_id) in TERMINATION_STATES:
             for state in TERMINATION_STATES:
                 self._emit(instance_id, state)
+
+    def _tree_file(self, instance_id: str) -> Path:
+        return self.ctx.state_dir / f"instance-{instance_id}.processes"
+
+    def _remember_tree(self, instance_id: str, ps: psutil.Process) -> None:
+        """The instance's processes (pid and start time), so that a local cloud restarted
+        after a crash can end what its predecessor left running. The trainer runs in its own
+        process group under ``timeout``, so the group alone would miss it."""
+        try:
+            tree = [ps, *ps.children(recursive=True)]
+            pairs = [(p.pid, p.create_time()) for p in tree]
+        except psutil.Error:
+            return
+        self._tree_file(instance_id).write_text(json.dumps(pairs))
+
+    def _end_leftovers(self, instance_id: str) -> None:
+        path = self._tree_file(instance_id)
+        if not path.exists():
+            return
+        for pid, created in json.loads(path.read_text()):
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if abs(proc.create_time() - created) < 0.01:  # the same process, not a reused pid
+                    proc.kill()
+        path.unlink()
+
+    def resolve_orphans(self) -> list[str]:
+        """Instances still pending or running in a restored state were running on this machine
+        when the local cloud stopped or died: their user-data went with it. They are dead, so
+        they are terminated and EC2's state-change events go out, as for any instance that
+        dies; the train function then ends their runs interrupted, frees the lock, deletes the
+        alarms and starts what is pending. Nothing is run again by accident."""
+        reply = self.ec2.describe_instances(
+            Filters=[SERVICE_TAG, {"Name": "instance-state-name", "Values": ACTIVE}]
+        )
+        orphans = [i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]]
+        if not orphans:
+            return []
+        self.ctx.say(f"instances {', '.join(orphans)}: running when the local cloud stopped; terminated")
+        for instance_id in orphans:
+            self._end_leftovers(instance_id)
+        self.ec2.terminate_instances(InstanceIds=orphans)
+        for instance_id in orphans:
+            for state in TERMINATION_STATES:
+                self._emit(instance_id, state)
+        return orphans
 
     def _emit(self, instance_id: str, state: str) -> None:
         event = state_change_event(

@@ -33,10 +33,12 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from localcloud.driver import Context
 
+POSITIONS_FILE = "stream-positions.json"
 REDELIVER_ENV = "LOCALCLOUD_STREAM_REDELIVER"
 STARTING_POSITIONS = ("LATEST", "TRIM_HORIZON")
 # Event keys this poller does not reproduce; silently ignoring them would make it lie.
@@ -314,18 +316,33 @@ class _SourcePoller:
                 return shards
             kwargs["ExclusiveStartShardId"] = desc["LastEvaluatedShardId"]
 
+    @property
+    def position_key(self) -> str:
+        return f"{self.source.function}#{self.source.arn}"
+
     def _refresh(self, initial: bool = False) -> None:
         self.refreshed = time.monotonic()
+        positions = self.poller.positions
+        resumed = positions is not None and positions.opened(self.position_key)
         for shard in self._describe():
             shard_id = shard["ShardId"]
             if shard_id in self.shards or shard_id in self.closed:
                 continue
-            # A shard that appears later is read from its start, as its records are all new.
-            position = self.source.starting_position if initial else "TRIM_HORIZON"
-            iterator = self.streams.get_shard_iterator(
-                StreamArn=self.source.arn, ShardId=shard_id, ShardIteratorType=position
-            )["ShardIterator"]
+            kwargs: dict[str, Any] = {"StreamArn": self.source.arn, "ShardId": shard_id}
+            last = positions.get(self.position_key, shard_id) if positions is not None else None
+            if last is not None:  # resume after the last record handed over before a restart
+                kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=last)
+                self.last_seq[shard_id] = last
+            elif initial and not resumed:
+                kwargs["ShardIteratorType"] = self.source.starting_position
+            else:
+                # A shard that appears later, or one never delivered from before a restart, is
+                # read from its start: its records are all new to the function.
+                kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+            iterator = self.streams.get_shard_iterator(**kwargs)["ShardIterator"]
             self.shards[shard_id] = _Shard(shard_id, iterator)
+        if positions is not None and not resumed:
+            positions.set(self.position_key)
 
     def _fetch(self, shard: _Shard) -> None:
         room = self.source.batch_size - len(shard.buffer)
@@ -402,6 +419,14 @@ class _SourcePoller:
         Records are retried in order; nothing after them is read meanwhile, as on AWS."""
         todo: deque[tuple[list[_Pending], int]] = deque([(batch, 0)])
         stop = self.poller.stopping
+        try:
+            self._deliver(shard_id, todo, stop)
+        finally:
+            if not todo and self.poller.positions is not None:
+                last = batch[-1].record["dynamodb"]["SequenceNumber"]
+                self.poller.positions.set(self.position_key, shard_id, str(last))
+
+    def _deliver(self, shard_id: str, todo: deque[tuple[list[_Pending], int]], stop: threading.Event) -> None:
         while todo and not stop.is_set():
             chunk, retries = todo.popleft()
             chunk = self._drop_expired(shard_id, chunk, retries)
@@ -533,6 +558,33 @@ def _iso(epoch_s: float, *, millis: bool = False) -> str:
 # the driver ---------------------------------------------------------------------------------
 
 
+class Positions:
+    """Where each event source mapping is in each shard, kept across restarts of a durable
+    local cloud (``stream-positions.json``), as Lambda keeps a mapping's position: after a
+    restart delivery resumes after the last record handed over, so a record that arrived
+    before the stop but was not delivered yet is delivered, and one delivered is not."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, str]] = json.loads(path.read_text()) if path.exists() else {}
+
+    def opened(self, key: str) -> bool:
+        return key in self._data
+
+    def get(self, key: str, shard_id: str) -> str | None:
+        return self._data.get(key, {}).get(shard_id)
+
+    def set(self, key: str, shard_id: str | None = None, sequence: str | None = None) -> None:
+        with self._lock:
+            entry = self._data.setdefault(key, {})
+            if shard_id is not None and sequence is not None:
+                entry[shard_id] = sequence
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._data))
+            tmp.replace(self.path)
+
+
 class StreamPoller:
     name = "streams"
 
@@ -552,6 +604,7 @@ class StreamPoller:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.sources: list[Source] = []
+        self.positions: Positions | None = None
         self.invocations: dict[str, int] = {}  # function -> records handed over, redeliveries included
         self.failures: list[dict[str, Any]] = []  # on-failure records sent
 
@@ -570,6 +623,7 @@ class StreamPoller:
             raise StreamConfigError(f"redeliver must be >= 1, got {redeliver}")
         self.redeliver = redeliver
         self.sources = sources(ctx, batch_window_s=self._batch_window_s)
+        self.positions = Positions(ctx.state_dir / POSITIONS_FILE) if ctx.durable else None
         pollers = []
         for source in self.sources:
             poller = _SourcePoller(source, self, ctx)

@@ -125,18 +125,19 @@ class ServingStack:
         )
         try:
             self.cloud.start()
+            # The stack's settings as the functions see them (each function has only its own).
+            self.env = {}
+            for fn in self.cloud.stack.functions():
+                for key, value in self.cloud.function_environment(fn.name).items():
+                    self.env.setdefault(key, value)
+            self.api_url: str = self.cloud.api_url
+            self.aws_endpoint: str = self.cloud.aws_url
+            self.bucket = self.env["MODEL_BUCKET"]
+            self.table = self.env["MODEL_TABLE"]
         except BaseException:
+            self.cloud.stop()
             self._tmp.cleanup()
             raise
-        # The stack's settings as the functions see them (each function has only its own).
-        self.env = {}
-        for fn in self.cloud.stack.functions():
-            for key, value in self.cloud.function_environment(fn.name).items():
-                self.env.setdefault(key, value)
-        self.api_url: str = self.cloud.api_url
-        self.aws_endpoint: str = self.cloud.aws_url
-        self.bucket = self.env["MODEL_BUCKET"]
-        self.table = self.env["MODEL_TABLE"]
         return self
 
     @property
