@@ -5,6 +5,7 @@ accident, and new data leads to a new run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -106,10 +107,8 @@ class Process:
         """Every process of the local cloud killed at once, as a power cut would."""
         tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
         for proc in tree:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(tree, timeout=30)
 
     def stop(self) -> None:
