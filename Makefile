@@ -15,13 +15,14 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test test-fast lint demo local bench models web lock clean
+.PHONY: help install test test-fast lint demo local bench bench-load models web lock clean
 
 help:
 	@echo "make demo   - run the whole retraining loop on the local cloud, then stop"
 	@echo "make test   - install what the tests need and run them"
 	@echo "make local  - keep the local cloud running in the foreground (Ctrl-C stops it)"
 	@echo "make bench  - the prediction benchmark (figures, not assertions)"
+	@echo "make bench-load - bursts of 50-200 clients and 100,000 samples flowing (figures)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make models - print the model table of the running local cloud (or AWS)"
 	@echo "make web    - build/web: the page as static files (API=https://... names the API)"
@@ -67,6 +68,9 @@ local: install
 
 bench: install
 	$(PY) -m scripts.bench_infer
+
+bench-load: install
+	$(PY) -m scripts.bench_load
 
 models: $(STAMP)
 	$(PY) -m scripts.models

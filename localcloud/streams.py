@@ -419,6 +419,8 @@ class _SourcePoller:
         Records are retried in order; nothing after them is read meanwhile, as on AWS."""
         todo: deque[tuple[list[_Pending], int]] = deque([(batch, 0)])
         stop = self.poller.stopping
+        # Lambda's IteratorAge: how old the batch's last record is when it is handed over.
+        self.poller.record_age(self.source, time.time() - batch[-1].created)
         try:
             self._deliver(shard_id, todo, stop)
         finally:
@@ -607,6 +609,7 @@ class StreamPoller:
         self.positions: Positions | None = None
         self.invocations: dict[str, int] = {}  # function -> records handed over, redeliveries included
         self.failures: list[dict[str, Any]] = []  # on-failure records sent
+        self.iterator_ages: dict[str, list[float]] = {}  # source label -> ages (s) at delivery
 
     def start(self, ctx: Context) -> None:
         local = dict(ctx.settings.get("streams") or {})
@@ -646,6 +649,12 @@ class StreamPoller:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+
+    def record_age(self, source: Source, age_s: float) -> None:
+        with self._lock:
+            ages = self.iterator_ages.setdefault(source.label, [])
+            ages.append(age_s)
+            del ages[:-10_000]
 
     def count(self, source: Source, records: int) -> None:
         with self._lock:
