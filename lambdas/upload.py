@@ -28,13 +28,17 @@ def source_of(event: http.Event) -> str:
     return source
 
 
-@http.guarded
-def upload(event: http.Event) -> http.Response:
-    settings = config()
-    ingest.check_size(len(http.raw_body(event)), settings.max_bytes)
-    result = ingest.ingest(http.json_body(event), settings, source=source_of(event))
-    return http.response(200, result.to_dict())
+def upload(event: http.Event, context: Any = None) -> http.Response:
+    @http.guarded
+    def run(event: http.Event) -> http.Response:
+        settings = config()
+        ingest.check_size(len(http.raw_body(event)), settings.max_bytes)
+        time_left = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else None
+        result = ingest.ingest(http.json_body(event), settings, source=source_of(event), time_left=time_left)
+        return http.response(200, result.to_dict())
+
+    return run(event)
 
 
 def handler(event: http.Event, context: Any = None) -> http.Response:
-    return upload(event)
+    return upload(event, context)

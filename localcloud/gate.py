@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from localcloud import awsapi, iam, limits, persistence, sigv4
+from localcloud import awsapi, faults, iam, limits, persistence, sigv4
 
 ADMIN_ACCESS_KEY = "testing"
 ADMIN_SECRET_KEY = "testing"
@@ -145,6 +145,7 @@ class Gate:
         """``store``: journal every change moto applies (durable state, localcloud.persistence)."""
         self.app = app
         self.store = store
+        self.faults = faults.Faults()
         self.account = account
         self.world = MotoWorld(account, region)
         self._record_path = record
@@ -155,21 +156,67 @@ class Gate:
         if path.startswith("/moto-api"):
             return self.app(environ, start_response)
         body = _read_body(environ)
+        if path == faults.PATH:
+            status_code, payload = self.faults.handle(str(environ["REQUEST_METHOD"]), body)
+            start_response(
+                f"{status_code} {_REASONS.get(status_code, 'OK')}", [("Content-Type", "application/json")]
+            )
+            return [payload]
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         try:
-            call = self._check(environ, body)
+            call, who = self._check(environ, body)
+            unprocessed = self._inject(call, who, environ, body)
         except _Refused as refused:
             start_response(f"{refused.status} {_REASONS.get(refused.status, 'Error')}", refused.headers)
             return [refused.body]
+        if unprocessed is not None:
+            body = environ["wsgi.input"].getvalue()
+            return _answer_unprocessed(self._serve(environ, body, call), start_response, unprocessed)
+        return self._serve_wsgi(environ, start_response, body, call)
+
+    def _serve_wsgi(
+        self, environ: dict[str, Any], start_response: StartResponse, body: bytes, call: awsapi.ApiCall | None
+    ) -> Iterable[bytes]:
+        status, headers, chunks = self._serve(environ, body, call)
+        start_response(status, headers)
+        return chunks
+
+    def _inject(
+        self, call: awsapi.ApiCall | None, who: str, environ: dict[str, Any], body: bytes
+    ) -> dict[str, Any] | None:
+        """Apply an injected fault: raise the refusal it asks for, or (BatchWriteItem's
+        ``unprocessed``) let moto apply half the items and return the other half."""
+        if call is None or not self.faults.rules:
+            return None
+        try:
+            checks = iam.checks(
+                call, account=self.account, region=call.region or self.world.region, world=self.world
+            )
+        except iam.UnmappedCall:
+            checks = []
+        action = f"{call.service}:{call.operation}"
+        fault = self.faults.take(action, faults.resources_of(checks), who)
+        if fault is None:
+            return None
+        if fault.unprocessed and call.operation == "BatchWriteItem":
+            request = json.loads(body)
+            applied, rest = faults.split_batch(request)
+            new_body = json.dumps({**request, "RequestItems": applied}).encode()
+            environ["wsgi.input"] = io.BytesIO(new_body)
+            environ["CONTENT_LENGTH"] = str(len(new_body))
+            return rest
+        raise _Refused(*iam.error_response(call, fault.error, fault.message, fault.status))
+
+    def _serve(
+        self, environ: dict[str, Any], body: bytes, call: awsapi.ApiCall | None
+    ) -> tuple[str, list[tuple[str, str]], list[bytes]]:
         operation = call.operation if call is not None else None
         if self.store is None:
-            return self.app(environ, start_response)
+            return _run(self.app, environ)
         if not persistence.is_mutation(operation, str(environ["REQUEST_METHOD"])):
             with self.store.lock.shared():
-                status, headers, chunks = _run(self.app, environ)
-            start_response(status, headers)
-            return chunks
+                return _run(self.app, environ)
         # A change: applied, journaled and only then answered, one at a time so that the
         # journal's order is the order moto applied them in.
         with self.store.lock:
@@ -186,12 +233,13 @@ class Gate:
                         random_state=random_state,
                     )
                 )
-        start_response(status, headers)
-        return chunks
+        return status, headers, chunks
 
     # --- the checks --------------------------------------------------------------------------
 
-    def _check(self, environ: dict[str, Any], body: bytes) -> awsapi.ApiCall | None:
+    def _check(self, environ: dict[str, Any], body: bytes) -> tuple[awsapi.ApiCall | None, str]:
+        """The call, once the caller, limits and IAM allow it, and who made it; raises
+        ``_Refused`` otherwise."""
         headers = _headers(environ)
         raw_path = _raw_path(environ)
         raw_query = str(environ.get("QUERY_STRING", ""))
@@ -232,7 +280,7 @@ class Gate:
                     [("Content-Type", "application/xml")],
                     sigv4.s3_error_xml("AccessDenied", "Anonymous access is not allowed here"),
                 )
-            return None
+            return None, "anonymous"
         principal = self._identify(call, headers, presigned)
         try:
             limits.check(call, len(body))
@@ -240,9 +288,9 @@ class Gate:
             raise _Refused(*iam.error_response(call, err.code, err.message, err.status)) from None
         if principal.role_name is None:
             self._side_effects(call, allowed=True)
-            return call
+            return call, "admin"
         self._authorize(principal, call)
-        return call
+        return call, principal.role_name
 
     def _secret_for(self, access_key: str) -> str | None:
         principal = self.world.principal(access_key)
@@ -320,6 +368,23 @@ _REASONS = {
     404: "Not Found",
     413: "Payload Too Large",
 }
+
+
+def _answer_unprocessed(
+    answer: tuple[str, list[tuple[str, str]], list[bytes]],
+    start_response: StartResponse,
+    unprocessed: dict[str, Any],
+) -> Iterable[bytes]:
+    status, headers, chunks = answer
+    if not status.startswith("200"):
+        start_response(status, headers)
+        return chunks
+    reply = json.loads(b"".join(chunks) or b"{}")
+    reply["UnprocessedItems"] = unprocessed
+    payload = json.dumps(reply).encode()
+    headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "x-amz-crc32")]
+    start_response(status, [*headers, ("Content-Length", str(len(payload)))])
+    return [payload]
 
 
 def _run(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], list[bytes]]:

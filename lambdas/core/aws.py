@@ -64,6 +64,16 @@ def client(service: str) -> Any:
 
 
 @functools.cache
+def client_retrying(service: str, max_attempts: int) -> Any:
+    """A client whose own retries stop at ``max_attempts`` calls: for code that retries with
+    its own budget (the upload's write loop), so the two do not multiply past the function's
+    timeout (botocore's standard mode backs off up to 20 s between attempts:
+    https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html)."""
+    config = config_for(service).merge(Config(retries={"max_attempts": max_attempts, "mode": "standard"}))
+    return boto3.client(service, config=config)  # type: ignore[call-overload]
+
+
+@functools.cache
 def resource(service: str) -> Any:
     return boto3.resource(service, config=config_for(service))  # type: ignore[call-overload]
 
@@ -78,5 +88,7 @@ def s3() -> Any:
 
 def reset() -> None:
     """Forget every cached client (tests, or after the environment changed)."""
-    client.cache_clear()
-    resource.cache_clear()
+    for cached in (client, client_retrying, resource):
+        clear = getattr(cached, "cache_clear", None)  # a test may have replaced one
+        if clear is not None:
+            clear()

@@ -54,6 +54,11 @@ class IngestSettings:
         )
 
 
+# Seconds kept in hand for one more BatchWriteItem call and the answer (a call retries once
+# inside botocore: see aws.client_retrying).
+TIME_RESERVE_S = 4.0
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Sleep before retry ``n`` (1-based): uniform in [0, min(cap, base * 2**n)] seconds."""
@@ -124,11 +129,14 @@ def write_items(
     *,
     attempts: int,
     backoff: Backoff | None = None,
+    time_left: Callable[[], float] | None = None,
 ) -> list[str]:
     """Write ``items`` in chunks of 25; return the keys DynamoDB acknowledged, in order.
 
-    Raises Unavailable when a chunk still has unprocessed items after ``attempts`` calls, and
-    AutoretrainError for a non-retryable refusal; both carry the exact count written so far.
+    Raises Unavailable when a chunk still has unprocessed items after ``attempts`` calls, or
+    when ``time_left()`` (seconds of the invocation) is too short for another attempt, and
+    AutoretrainError for a non-retryable refusal; all carry the exact count written so far.
+    The caller thus always gets an answer it can act on, never the function's timeout.
     """
     backoff = backoff or Backoff()
     written: list[str] = []
@@ -145,6 +153,9 @@ def write_items(
     for start in range(0, len(items), BATCH_SIZE):
         pending = list(items[start : start + BATCH_SIZE])
         for attempt in range(1, attempts + 1):
+            if time_left is not None and time_left() < TIME_RESERVE_S:
+                missing = len(items) - len(written)
+                raise stop(Unavailable, f"ran out of time with {missing} samples not written")
             try:
                 reply = client.batch_write_item(
                     RequestItems={table: [{"PutRequest": {"Item": item}} for item in pending]}
@@ -179,6 +190,7 @@ def ingest(
     client: Any = None,
     backoff: Backoff | None = None,
     clock: Callable[[], int] = now_ms,
+    time_left: Callable[[], float] | None = None,
 ) -> IngestResult:
     """Validate every sample of ``payload`` (array or ``{"samples": [...]}``), then write them."""
     now = clock()
@@ -187,11 +199,12 @@ def ingest(
     items = to_items(samples, keys, ingested_ms=now, source=source)
     try:
         written = write_items(
-            client or aws.dynamodb(),
+            client or aws.client_retrying("dynamodb", 2),
             config.data_table,
             items,
             attempts=config.write_attempts,
             backoff=backoff,
+            time_left=time_left,
         )
     except AutoretrainError as err:
         log.error(

@@ -317,7 +317,7 @@ def test_ingest_stops_at_a_non_retryable_error_and_says_how_far_it_got(dynamodb:
 
 def test_upload_answers_503_with_the_partial_count(dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     client = Unreliable(dynamodb, [0, 25])
-    monkeypatch.setattr(ingest.aws, "dynamodb", lambda: client)
+    monkeypatch.setattr(ingest.aws, "client_retrying", lambda service, attempts: client)
     monkeypatch.setenv("UPLOAD_WRITE_ATTEMPTS", "2")
     status, body = call(event(comfort.generate(80, 4, 0.0)))
     assert (status, body["error"]) == (503, "unavailable")
