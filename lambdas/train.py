@@ -13,12 +13,22 @@ Three event sources:
   trainer, a spot reclaim, a crash) it is marked ``interrupted`` and announced, its alarm is
   deleted and the lock freed at once. Events of any other instance cost one read of the lock.
 
+A fourth, a schedule (every minute), re-evaluates the lock with one read and steps only when a
+retry has come due (or the lock expired): a retry needs no new event.
+
 After any of them, a run starts if the lock is free (or expired), enough new samples are pending
-and the minimum interval has passed. The run item is created as ``training`` before the
-instance starts; the trainer always writes its final status when it can. If the instance dies
-first and its state-change event is lost, the next trigger that wants to launch notices: the run
-is marked ``interrupted`` (instance gone) or ``failed`` (lock expired while the instance still
-ran, which it then terminates) and the lock is taken over.
+and the minimum interval has passed (and a retry's backoff, unless enough fresh data came).
+A run that ended with a model, or failed on its data or code, consumes the samples it scanned
+(its ``scan_started_ms``): samples that arrived between its launch and its scan do not start a
+second run. A run that failed for an infrastructure reason leaves its samples pending and is
+retried with backoff a bounded number of times (``lambdas.core.lock``); the retry plan is
+recorded on the run item (``retry``) and announced.
+
+The run item is created as ``training`` before the instance starts; the trainer always writes
+its final status when it can. If the instance dies first and its state-change event is lost, the
+next trigger that wants to launch notices: the run is marked ``interrupted`` (instance gone) or
+``failed`` (lock expired while the instance still ran, which it then terminates) and the lock is
+taken over.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from botocore.exceptions import ClientError
@@ -52,6 +62,9 @@ class TrainSettings:
     # Passed on to the trainer: where it load-checks a candidate and announces outcomes.
     api_url: str | None = None
     notify_topic_arn: str | None = None
+    retry: lock.RetryPolicy = field(default_factory=lock.RetryPolicy)
+    # Samples ingested this long before a run's scan started count again (see lock.end_run).
+    scan_margin_s: int = 30
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> TrainSettings:
@@ -72,6 +85,11 @@ class TrainSettings:
             launch=launch.LaunchSettings.from_env(env),
             api_url=settings.optional(env, "API_URL", "") or None,
             notify_topic_arn=settings.optional(env, "NOTIFY_TOPIC_ARN", "") or None,
+            retry=lock.RetryPolicy(
+                retries=settings.integer(env, "TRAIN_RETRIES", 3, minimum=0),
+                backoff_s=settings.integer(env, "TRAIN_RETRY_BACKOFF_S", 60, minimum=1),
+            ),
+            scan_margin_s=settings.integer(env, "SCAN_MARGIN_S", 30, minimum=0),
         )
 
 
@@ -123,16 +141,32 @@ def new_samples(records: Iterable[dict[str, Any]]) -> list[tuple[str, int]]:
     return out
 
 
-def finished_runs(records: Iterable[dict[str, Any]]) -> list[str]:
-    """Versions whose run item now has a final status."""
+def finished_runs(records: Iterable[dict[str, Any]]) -> list[lock.RunEnd]:
+    """How each run whose item now has a final status ended."""
     out = []
     for record in records:
         image = (record.get("dynamodb") or {}).get("NewImage") or {}
         if image.get("kind", {}).get("S") != registry.RUN_KIND:
             continue
         if image.get("status", {}).get("S") in registry.FINAL_STATUSES:
-            out.append(image["version"]["S"] if "version" in image else image["pk"]["S"])
+            out.append(run_end(registry.from_item(image)))
     return out
+
+
+def run_end(run: dict[str, Any]) -> lock.RunEnd:
+    """A final run item as the lock sees it. Without ``failure_kind`` (an older trainer) an
+    interruption is the infrastructure's doing and a failure the data's (not retried, as
+    before)."""
+    status = run.get("status")
+    kind = run.get("failure_kind")
+    if kind is None and status in (registry.FAILED, registry.INTERRUPTED):
+        kind = registry.INFRASTRUCTURE if status == registry.INTERRUPTED else registry.DATA
+    scanned = run.get("scan_started_ms")
+    return lock.RunEnd(
+        str(run.get("version") or run["pk"]),
+        failure_kind=kind if status in (registry.FAILED, registry.INTERRUPTED) else None,
+        scan_started_ms=None if scanned is None else int(scanned),
+    )
 
 
 # the decision -------------------------------------------------------------------------------
@@ -144,6 +178,7 @@ class Decision:
     stale: lock.LockState | None = None  # the dead holder taken over
     reason: str | None = None  # why nothing starts
     previous: lock.LockState | None = None  # the lock just before it was acquired
+    retries: tuple[tuple[str, lock.Retry], ...] = ()  # plans for the runs that failed (stale too)
 
 
 def decide(
@@ -152,23 +187,36 @@ def decide(
     now: float,
     *,
     samples: list[tuple[str, int]],
-    finished: list[str],
+    finished: list[lock.RunEnd],
     dead: str | None = None,
 ) -> tuple[lock.LockState, Decision]:
     """The pure step applied to the lock: note samples and finished runs, maybe launch."""
     state = lock.add_samples(state, samples, cap=cfg.min_new_samples)
-    for version in finished:
-        state = lock.release(state, version)
+    ends = list(finished)
     stale = None
+    retries = []
+    for end in ends:
+        state, retry = _end(state, end, cfg, now)
+        if retry is not None:
+            retries.append((end.version, retry))
     if state.holder is not None and (state.expired(now) or state.holder == dead):
+        # Died without a record (or outlived its lock): the infrastructure's failure.
         stale = state
-        state = lock.release(state, state.holder)
+        state, retry = _end(state, lock.RunEnd(state.holder, registry.INFRASTRUCTURE), cfg, now)
+        if retry is not None:
+            retries.append((str(stale.holder), retry))
     reason = lock.why_not_launch(state, now, min_new=cfg.min_new_samples, min_interval_s=cfg.min_interval_s)
     if reason:
-        return state, Decision(stale=stale, reason=reason)
+        return state, Decision(stale=stale, reason=reason, retries=tuple(retries))
     version = registry.new_version(now)
     acquired = lock.acquire(state, version, now, cfg.lock_ttl_s)
-    return acquired, Decision(launch=version, stale=stale, previous=state)
+    return acquired, Decision(launch=version, stale=stale, previous=state, retries=tuple(retries))
+
+
+def _end(
+    state: lock.LockState, end: lock.RunEnd, cfg: TrainSettings, now: float
+) -> tuple[lock.LockState, lock.Retry | None]:
+    return lock.end_run(state, end, now, policy=cfg.retry, margin_ms=cfg.scan_margin_s * 1000)
 
 
 def process(
@@ -190,7 +238,7 @@ def advance(
     now: float,
     *,
     samples: list[tuple[str, int]],
-    finished: list[str],
+    finished: list[lock.RunEnd],
     dead: str | None,
     event: str = "train_trigger",
     **context: Any,
@@ -198,8 +246,8 @@ def advance(
     """The one step every source ends in: note the samples, end the ``finished`` runs (their
     alarms deleted, the lock released), take over the ``dead`` holder, start the pending
     retrain if it may start now. Idempotent: a repeated step finds nothing left to end."""
-    for version in finished:
-        launch.delete_alarm(cfg.launch, version, cloudwatch=clients.cloudwatch)
+    for end in finished:
+        launch.delete_alarm(cfg.launch, end.version, cloudwatch=clients.cloudwatch)
     _, after, decision = store.transact(
         lambda s: decide(s, cfg, now, samples=samples, finished=finished, dead=dead)
     )
@@ -207,15 +255,20 @@ def advance(
         event,
         **context,
         new_samples=len(samples),
-        finished=finished,
+        finished=[end.version for end in finished],
         taken_over=decision.stale.holder if decision.stale else None,
         pending=after.pending,
         holder=after.holder,
         launch=decision.launch,
         reason=decision.reason,
+        retries={version: retry.to_dict() for version, retry in decision.retries},
     )
+    plans = dict(decision.retries)
+    for version, retry in decision.retries:
+        if decision.stale is None or version != decision.stale.holder:
+            _record_retry(version, retry, cfg, clients)
     if decision.stale is not None:
-        _clean_up_stale(decision.stale, cfg, clients, now)
+        _clean_up_stale(decision.stale, plans.get(str(decision.stale.holder)), cfg, clients, now)
     if decision.launch and decision.previous is not None:
         start_run(decision.launch, decision.previous, after, cfg, clients, store)
     return decision
@@ -228,7 +281,8 @@ def _dead_holder(
     lock to expire. Checked only when a launch is otherwise wanted, to keep EC2 calls rare.
     (Normally the instance's state-change event has ended the run already; this covers a lost
     event.)"""
-    if not (state.held(now) and state.instance_id and state.pending + incoming >= cfg.min_new_samples):
+    fresh = state.fresh(state.launch_ms)  # the holder's own samples are not a reason to look
+    if not (state.held(now) and state.instance_id and fresh + incoming >= cfg.min_new_samples):
         return None
     if launch.instance_state(state.instance_id, ec2=clients.ec2) in launch.GONE | {None}:
         return state.holder
@@ -280,7 +334,7 @@ def instance_ended(
     if run.get("status") in registry.FINAL_STATUSES:
         # The trainer recorded its outcome and powered off: the "run ended" step, which the
         # model table's stream takes too (whichever is first does the work).
-        finished, dead = [version], None
+        finished, dead = [run_end(run)], None
     else:
         finished, dead = [], version
     return advance(
@@ -302,9 +356,23 @@ def instance_ended(
 INSTANCE_GONE = "the instance was terminated before the trainer recorded an outcome"
 
 
-def _clean_up_stale(stale: lock.LockState, cfg: TrainSettings, clients: Clients, now: float) -> None:
+def _record_retry(version: str, retry: lock.Retry, cfg: TrainSettings, clients: Clients) -> None:
+    """The trainer recorded an infrastructure failure: add the retry plan to its (final) run
+    item and announce it. Runs once per failure: a repeated end no longer holds the lock."""
+    plan = retry.to_dict()
+    log.warning("run_retries_exhausted" if retry.gave_up else "run_retry_scheduled", version=version, **plan)
+    try:
+        registry.Registry(cfg.model_table, clients.ddb).update_run(version, expect_status=None, retry=plan)
+    except Exception as err:  # noqa: BLE001 - the plan is in the lock; the record is for people
+        log.error("retry_not_recorded", version=version, error=_cause(err))
+    notify.run_retry(version, plan, cfg=notify.NotifySettings(cfg.notify_topic_arn))
+
+
+def _clean_up_stale(
+    stale: lock.LockState, retry: lock.Retry | None, cfg: TrainSettings, clients: Clients, now: float
+) -> None:
     """End the run of a holder taken over: terminate what is left of its instance, record why
-    (only while it is still ``training``), announce it, delete its alarm."""
+    (only while it is still ``training``) and its retry plan, announce it, delete its alarm."""
     version = str(stale.holder)
     state = launch.instance_state(stale.instance_id, ec2=clients.ec2) if stale.instance_id else None
     if state in launch.GONE | {None}:
@@ -316,11 +384,19 @@ def _clean_up_stale(stale: lock.LockState, cfg: TrainSettings, clients: Clients,
         else:  # stopped: it will never train again
             status = registry.INTERRUPTED
             reason = f"the instance was {state} before the trainer recorded an outcome; it was terminated"
+    plan = retry.to_dict() if retry else None
     try:
         registry.Registry(cfg.model_table, clients.ddb).update_run(
-            version, status=status, reason=reason, ended_at=registry.now_iso()
+            version,
+            status=status,
+            reason=reason,
+            ended_at=registry.now_iso(),
+            failure_kind=registry.INFRASTRUCTURE,
+            retry=plan,
         )
-        log.warning("run_taken_over", version=version, status=status, instance_id=stale.instance_id)
+        log.warning(
+            "run_taken_over", version=version, status=status, instance_id=stale.instance_id, retry=plan
+        )
         notify.run_outcome(
             version,
             status,
@@ -328,6 +404,8 @@ def _clean_up_stale(stale: lock.LockState, cfg: TrainSettings, clients: Clients,
             reason=reason,
             actor="train-trigger",
             cfg=notify.NotifySettings(cfg.notify_topic_arn),
+            failure_kind=registry.INFRASTRUCTURE,
+            retry=plan,
         )
     except AutoretrainError:
         pass  # it reached a final status on its own, or never got its item
@@ -344,6 +422,8 @@ def trainer_environment(version: str, cfg: TrainSettings) -> dict[str, str]:
         "MODEL_TABLE": cfg.model_table,
         "MODEL_BUCKET": cfg.model_bucket,
         "MODEL_PREFIX": cfg.model_prefix,
+        # The trainer beats three times per alarm period (trainer/heartbeat.py).
+        "HEARTBEAT_PERIOD_S": str(cfg.launch.alarm_period_s),
         **({"API_URL": cfg.api_url} if cfg.api_url else {}),
         **({"NOTIFY_TOPIC_ARN": cfg.notify_topic_arn} if cfg.notify_topic_arn else {}),
         **cfg.trainer_settings,
@@ -374,7 +454,11 @@ def start_run(
     )
     runs.create_run(
         version,
-        trigger={"new_samples": before.pending, "watermark_ms": after.watermark_ms},
+        trigger={
+            "new_samples": before.pending,
+            "watermark_ms": after.watermark_ms,
+            "attempt": after.failures + 1,  # consecutive infrastructure failures + 1
+        },
         hyperparameters=cfg.trainer_settings,
         image=cfg.trainer_image,
         lock_expires_at=after.expires_at,
@@ -451,14 +535,25 @@ def _not_started(
     store: lock.LockStore,
     **fields: Any,
 ) -> None:
-    """A run that never got going: recorded ``failed`` with the reason, the lock given back
-    (free, its samples pending again, the launch interval not spent), announced."""
+    """A run that never got going (an infrastructure failure): the lock given back (free, its
+    samples still pending, the launch interval not spent, the retry planned), recorded
+    ``failed`` with the reason and the plan, announced."""
+    now = time.time()
+    _, _, retry = store.transact(lambda s: lock.undo_acquire(s, version, before, now, cfg.retry))
+    plan = retry.to_dict() if retry else None
     try:
-        runs.update_run(version, status=registry.FAILED, reason=reason, ended_at=registry.now_iso(), **fields)
-    except Exception as err:  # noqa: BLE001 - the lock must be given back all the same
+        runs.update_run(
+            version,
+            status=registry.FAILED,
+            reason=reason,
+            ended_at=registry.now_iso(),
+            failure_kind=registry.INFRASTRUCTURE,
+            retry=plan,
+            **fields,
+        )
+    except Exception as err:  # noqa: BLE001 - the lock is given back all the same
         log.error("run_not_recorded", version=version, error=_cause(err))
-    store.transact(lambda s: (lock.undo_acquire(s, version, before), None))
-    log.error("run_not_started", version=version, reason=reason, **fields)
+    log.error("run_not_started", version=version, reason=reason, retry=plan, **fields)
     notify.run_outcome(
         version,
         registry.FAILED,
@@ -466,6 +561,8 @@ def _not_started(
         reason=reason,
         actor="train-trigger",
         cfg=notify.NotifySettings(cfg.notify_topic_arn),
+        failure_kind=registry.INFRASTRUCTURE,
+        retry=plan,
     )
 
 
@@ -477,7 +574,24 @@ def _settings() -> TrainSettings:
     return TrainSettings.from_env()
 
 
+SCHEDULED_EVENT = "Scheduled Event"
+
+
+def tick(cfg: TrainSettings, clients: Clients, now: float | None = None) -> Decision | None:
+    """The schedule: one read of the lock; a step only when it would do something (a retry
+    came due, the lock expired). None when nothing was due."""
+    now = time.time() if now is None else now
+    store = lock.LockStore(cfg.model_table, clients.ddb)
+    if not lock.due(store.read(), now, min_new=cfg.min_new_samples, min_interval_s=cfg.min_interval_s):
+        return None
+    return advance(cfg, clients, store, now, samples=[], finished=[], dead=None, event="train_tick")
+
+
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    if event.get("source") == "aws.events" and event.get("detail-type") == SCHEDULED_EVENT:
+        # Asynchronous like the EventBridge events: an error propagates so Lambda retries it.
+        decision = tick(_settings(), Clients.default())
+        return {"tick": True, "launch": decision.launch if decision else None}
     change = instance_change(event)
     if change is not None:
         # Invoked asynchronously by EventBridge: an error propagates so Lambda retries it.

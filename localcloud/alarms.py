@@ -1,14 +1,30 @@
 """Alarm evaluator: what CloudWatch does with the training instances' idle alarms.
 
-Every few seconds each alarm on ``AWS/EC2 CPUUtilization`` is evaluated over its last
-EvaluationPeriods x Period (the Period written in the alarm: the local cloud writes short ones,
-see custom.localCloud in serverless.yml), honouring ComparisonOperator, Threshold and
-TreatMissingData. A transition to ALARM carries out ``arn:aws:automate:<region>:ec2:terminate``.
+Every few seconds each alarm on ``AWS/EC2 CPUUtilization``, and each alarm on a metric math
+expression (``Metrics``), is evaluated over its last EvaluationPeriods x Period (the Period
+written in the alarm: the local cloud writes short ones, see custom.localCloud in
+serverless.yml), honouring ComparisonOperator, Threshold and TreatMissingData. A transition to
+ALARM carries out ``arn:aws:automate:<region>:ec2:terminate``.
+
+Metric math (CloudWatch User Guide, "Using math expressions with CloudWatch metrics"): each
+metric of the alarm is read per period with GetMetricStatistics (moto 5.2.5 answers it; its
+GetMetricData evaluates no expressions), then the expressions are evaluated period by period:
+numbers, metric ids, ``+ - * /``, ``== != < <= > >=``, ``AND``/``&&``, ``OR``/``||``,
+``NOT``/``!``, ``IF(c, a[, b])`` and ``FILL(m, value)``. A missing value stays missing through
+every operation except FILL (an IF whose condition is missing is missing). Anything else - an
+unknown function or id, a syntax error, metrics with different periods - raises
+:class:`ExpressionError`: the alarm is not evaluated, and the evaluator says so, rather than
+call it OK. Strict where AWS is: "Alarms based on math expressions cannot perform Amazon EC2
+actions" (CloudWatch User Guide, "Using Amazon CloudWatch alarms", Alarms on math expressions;
+awsdocs/amazon-cloudwatch-user-guide doc_source/AlarmThatSendsEmail.md), so such an alarm's EC2
+action is refused here, loudly, and never carried out.
 """
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,6 +62,189 @@ def evaluate(alarm: dict[str, Any], datapoints: list[float | None]) -> str:
     return "OK"
 
 
+Value = float | None
+
+
+class ExpressionError(ValueError):
+    """A metric math expression (or alarm) this evaluator does not understand."""
+
+
+_TOKEN = re.compile(
+    r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([A-Za-z_][A-Za-z0-9_]*)|(==|!=|<=|>=|&&|\|\||[-+*/<>(),!]))"
+)
+_COMPARE_OPS: dict[str, Callable[[float, float], bool]] = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def _tokens(expression: str) -> list[str]:
+    out, at = [], 0
+    while at < len(expression.rstrip()):
+        match = _TOKEN.match(expression, at)
+        if not match:
+            raise ExpressionError(f"cannot parse {expression!r} at {expression[at:]!r}")
+        out.append(match.group(match.lastindex or 0))
+        at = match.end()
+    return out
+
+
+class _Parser:
+    """Recursive descent over the subset documented above; evaluates one period at a time."""
+
+    def __init__(self, expression: str, values: dict[str, Value]) -> None:
+        self.expression = expression
+        self.tokens = _tokens(expression)
+        self.at = 0
+        self.values = values
+
+    def parse(self) -> Value:
+        value = self._or()
+        if self.at != len(self.tokens):
+            raise ExpressionError(f"unexpected {self.tokens[self.at]!r} in {self.expression!r}")
+        return value
+
+    def _peek(self) -> str | None:
+        return self.tokens[self.at] if self.at < len(self.tokens) else None
+
+    def _take(self, expected: str | None = None) -> str:
+        token = self._peek()
+        if token is None or (expected is not None and token.upper() != expected):
+            raise ExpressionError(f"expected {expected or 'more'} in {self.expression!r}")
+        self.at += 1
+        return token
+
+    def _or(self) -> Value:
+        left = self._and()
+        while (self._peek() or "").upper() in ("OR", "||"):
+            self._take()
+            right = self._and()
+            left = None if left is None or right is None else float(bool(left) or bool(right))
+        return left
+
+    def _and(self) -> Value:
+        left = self._not()
+        while (self._peek() or "").upper() in ("AND", "&&"):
+            self._take()
+            right = self._not()
+            left = None if left is None or right is None else float(bool(left) and bool(right))
+        return left
+
+    def _not(self) -> Value:
+        if (self._peek() or "").upper() in ("NOT", "!"):
+            self._take()
+            value = self._not()
+            return None if value is None else float(not value)
+        return self._compare()
+
+    def _compare(self) -> Value:
+        left = self._sum()
+        op = self._peek()
+        if op in _COMPARE_OPS:
+            self._take()
+            right = self._sum()
+            return None if left is None or right is None else float(_COMPARE_OPS[op](left, right))
+        return left
+
+    def _sum(self) -> Value:
+        left = self._product()
+        while self._peek() in ("+", "-"):
+            op = self._take()
+            right = self._product()
+            left = None if left is None or right is None else (left + right if op == "+" else left - right)
+        return left
+
+    def _product(self) -> Value:
+        left = self._unary()
+        while self._peek() in ("*", "/"):
+            op = self._take()
+            right = self._unary()
+            if left is None or right is None or (op == "/" and right == 0):
+                left = None  # no datapoint rather than an infinity
+            else:
+                left = left * right if op == "*" else left / right
+        return left
+
+    def _unary(self) -> Value:
+        if self._peek() == "-":
+            self._take()
+            value = self._unary()
+            return None if value is None else -value
+        return self._primary()
+
+    def _primary(self) -> Value:
+        token = self._take()
+        if token == "(":
+            value = self._or()
+            self._take(")")
+            return value
+        if token[0].isdigit() or token[0] == ".":
+            return float(token)
+        if self._peek() == "(":
+            return self._call(token)
+        if token not in self.values:
+            raise ExpressionError(f"unknown metric id {token!r} in {self.expression!r}")
+        return self.values[token]
+
+    def _call(self, name: str) -> Value:
+        self._take("(")
+        args = [self._or()]
+        while self._peek() == ",":
+            self._take()
+            args.append(self._or())
+        self._take(")")
+        function = name.upper()
+        if function == "FILL" and len(args) == 2:
+            if args[1] is None:
+                raise ExpressionError(f"FILL needs a value in {self.expression!r}")
+            return args[1] if args[0] is None else args[0]
+        if function == "IF" and len(args) in (2, 3):
+            if args[0] is None:
+                return None
+            return args[1] if args[0] else (args[2] if len(args) == 3 else None)
+        raise ExpressionError(f"unsupported function {name}/{len(args)} in {self.expression!r}")
+
+
+def evaluate_expression(expression: str, values: dict[str, Value]) -> Value:
+    """One period's value of a metric math expression, given each id's value (None: missing)."""
+    return _Parser(expression, values).parse()
+
+
+def evaluate_queries(queries: list[dict[str, Any]], series: dict[str, list[Value]]) -> list[Value]:
+    """The per-period values of the one query with ReturnData (not false): metric ids come from
+    ``series``, expressions are computed in order and may use earlier ones."""
+    returned = [q for q in queries if q.get("ReturnData", True)]
+    if len(returned) != 1:
+        raise ExpressionError(f"an alarm needs exactly one query with ReturnData, got {len(returned)}")
+    periods = {len(v) for v in series.values()}
+    if len(periods) > 1:
+        raise ExpressionError("metrics of different lengths")
+    count = periods.pop() if periods else 0
+    values = {k: list(v) for k, v in series.items()}
+    for query in queries:
+        if "Expression" in query:
+            values[query["Id"]] = [
+                evaluate_expression(query["Expression"], {k: v[i] for k, v in values.items()})
+                for i in range(count)
+            ]
+        elif query["Id"] not in values:
+            raise ExpressionError(f"no data series for metric id {query['Id']!r}")
+    return values[returned[0]["Id"]]
+
+
+def math_period(alarm: dict[str, Any]) -> int:
+    """The period of a metric math alarm: its metrics' (all the same, as AWS requires: "Each
+    metric must be using the same period", ibid.)."""
+    periods = {int(q["MetricStat"]["Period"]) for q in alarm["Metrics"] if "MetricStat" in q}
+    if len(periods) != 1:
+        raise ExpressionError(f"alarm {alarm['AlarmName']}: its metrics must share one period, got {periods}")
+    return periods.pop()
+
+
 class AlarmEvaluator:
     name = "alarms"
 
@@ -54,6 +253,7 @@ class AlarmEvaluator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.terminated: list[str] = []
+        self.refused: list[str] = []  # math alarms whose EC2 action was refused, as AWS does
 
     def start(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -80,9 +280,16 @@ class AlarmEvaluator:
         now = now or datetime.now(UTC)
         alarms = self.cloudwatch.describe_alarms(AlarmTypes=["MetricAlarm"]).get("MetricAlarms", [])
         for alarm in alarms:
-            if alarm.get("Namespace") != "AWS/EC2" or alarm.get("MetricName") != "CPUUtilization":
+            if alarm.get("Metrics"):
+                try:
+                    state = evaluate(self._math_alarm(alarm), self._math_datapoints(alarm, now))
+                except ExpressionError as err:
+                    self.ctx.say(f"alarm {alarm['AlarmName']}: not evaluated: {err}")
+                    continue
+            elif alarm.get("Namespace") != "AWS/EC2" or alarm.get("MetricName") != "CPUUtilization":
                 continue
-            state = evaluate(alarm, self._datapoints(alarm, now))
+            else:
+                state = evaluate(alarm, self._datapoints(alarm, now))
             if state == alarm.get("StateValue"):
                 continue
             self.cloudwatch.set_alarm_state(
@@ -92,10 +299,34 @@ class AlarmEvaluator:
             if state == "ALARM" and alarm.get("ActionsEnabled", True):
                 self._act(alarm)
 
+    @staticmethod
+    def _math_alarm(alarm: dict[str, Any]) -> dict[str, Any]:
+        return {**alarm, "Period": math_period(alarm)}
+
+    def _math_datapoints(self, alarm: dict[str, Any], now: datetime) -> list[float | None]:
+        period = math_period(alarm)
+        series = {}
+        for query in alarm["Metrics"]:
+            if "MetricStat" in query:
+                stat = query["MetricStat"]
+                metric = {
+                    "Namespace": stat["Metric"]["Namespace"],
+                    "MetricName": stat["Metric"]["MetricName"],
+                    "Dimensions": stat["Metric"].get("Dimensions", []),
+                    "Period": period,
+                    "EvaluationPeriods": alarm["EvaluationPeriods"],
+                    "Statistic": stat["Stat"],
+                }
+                series[query["Id"]] = self._datapoints(metric, now)
+        return evaluate_queries(alarm["Metrics"], series)
+
     def _datapoints(self, alarm: dict[str, Any], now: datetime) -> list[float | None]:
         period = int(alarm["Period"])
         periods = int(alarm["EvaluationPeriods"])
         start = now - timedelta(seconds=period * periods)
+        statistic = alarm.get("Statistic") or "Average"
+        if statistic not in ("Average", "Sum", "Minimum", "Maximum", "SampleCount"):
+            raise ExpressionError(f"unsupported statistic {statistic!r}")
         stats = self.cloudwatch.get_metric_statistics(
             Namespace=alarm["Namespace"],
             MetricName=alarm["MetricName"],
@@ -103,10 +334,9 @@ class AlarmEvaluator:
             StartTime=start,
             EndTime=now,
             Period=period,
-            Statistics=[alarm.get("Statistic") or "Average"],
+            Statistics=[statistic],
         )
         values: list[float | None] = [None] * periods
-        statistic = alarm.get("Statistic") or "Average"
         for point in stats.get("Datapoints", []):
             index = int((point["Timestamp"] - start).total_seconds() // period)
             if 0 <= index < periods:
@@ -116,6 +346,12 @@ class AlarmEvaluator:
     def _act(self, alarm: dict[str, Any]) -> None:
         for action in alarm.get("AlarmActions", []):
             if not (action.startswith("arn:aws:automate:") and action.endswith(":ec2:terminate")):
+                continue
+            if alarm.get("Metrics"):
+                # AWS: "Alarms based on math expressions cannot perform Amazon EC2 actions"
+                # (module docstring): refused, loudly, never carried out.
+                self.refused.append(alarm["AlarmName"])
+                self.ctx.say(f"alarm {alarm['AlarmName']}: REFUSED {action}: a math alarm cannot act on EC2")
                 continue
             for dim in alarm.get("Dimensions", []):
                 if dim["Name"] == "InstanceId":

@@ -50,6 +50,9 @@ class Settings:
     imds_timeout: float = 1.0
     spot_poll_seconds: float = 5.0
     code_version: str = "unknown"
+    # The idle alarm's period (trainer/heartbeat.py beats three times per period); 0 turns the
+    # heartbeat off (a laptop run has no instance to keep alive).
+    heartbeat_period_s: float = 0.0
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> Settings:
@@ -92,6 +95,7 @@ class Settings:
             imds_timeout=settings.number(env, "IMDS_TIMEOUT", 1.0, minimum=0.05),
             spot_poll_seconds=settings.number(env, "SPOT_POLL_SECONDS", 5.0, minimum=0.05),
             code_version=settings.optional(env, "CODE_VERSION", "unknown"),
+            heartbeat_period_s=settings.number(env, "HEARTBEAT_PERIOD_S", 0.0, minimum=0.0),
         )
 
 

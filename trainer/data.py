@@ -60,6 +60,12 @@ def scan(table: str, client: Any, segments: int = 4) -> list[dict[str, Any]]:
             "TotalSegments": segments,
             "ProjectionExpression": ", ".join(names),
             "ExpressionAttributeNames": names,
+            # Every write completed before the Scan began is in its response (Scan API
+            # reference, ConsistentRead). Each segment and page is such a Scan, started after
+            # the run's scan_started_ms: so every sample written before that moment is seen,
+            # which is what the train trigger relies on to count only later samples again.
+            # Costs twice the read capacity of an eventually consistent scan.
+            "ConsistentRead": True,
         }
         while True:
             page = client.scan(**kwargs)

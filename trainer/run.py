@@ -24,19 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
 from lambdas.core import aws, log, notify
 from lambdas.core import settings as env_settings
 from lambdas.core.errors import AutoretrainError, Conflict, NotFound
 from lambdas.core.registry import (
+    DATA,
     FAILED,
     FINAL_STATUSES,
+    INFRASTRUCTURE,
     INTERRUPTED,
     PUBLISHED,
     REJECTED,
     Registry,
     new_version,
 )
-from trainer import data, export, gate
+from trainer import data, export, gate, heartbeat
 from trainer.config import Settings
 from trainer.imds import Imds, SpotWatcher
 
@@ -108,16 +113,23 @@ def run(
         "hyperparameters": settings.hyper.to_dict(),
     }
     log.log("run_start", version=version, instance_id=instance_id, own_run=own_run)
+    if settings.heartbeat_period_s:  # proof of progress for the idle alarm (trainer/heartbeat.py)
+        heartbeat.begin(instance_id, period_s=settings.heartbeat_period_s)
 
     status, exit_code = FAILED, EXIT_FAILED
     run_recorded = False
     try:
+        heartbeat.enter(heartbeat.SCAN)
+        # What this run trains on: every sample written before this moment (a consistent scan).
+        # The train trigger counts only later samples towards the next run.
+        scan_started_ms = int(time.time() * 1000)
         samples = data.load(settings.data_table, ddb, settings.scan_segments)
         record.update(sample_count=len(samples), skipped_count=samples.skipped, watermark=samples.watermark)
+        record["scan_started_ms"] = scan_started_ms
         if len(samples) < settings.min_samples:
             reason = f"{NOT_ENOUGH_DATA}: {len(samples)} usable samples < MIN_SAMPLES {settings.min_samples}"
             status, exit_code = FAILED, EXIT_NOT_ENOUGH_DATA
-            record["error"] = reason
+            record.update(error=reason, failure_kind=DATA)
             if own_run:
                 # Nothing to record for a run nobody asked for: a laptop run leaves no trace.
                 return _finish(version, "skipped", exit_code, record, started)
@@ -128,12 +140,13 @@ def run(
             )
     except Interrupted:
         status, exit_code = INTERRUPTED, EXIT_INTERRUPTED
-        record["error"] = "spot interruption notice"
+        record.update(error="spot interruption notice", failure_kind=INFRASTRUCTURE)
     except Exception as err:  # noqa: BLE001 - any failure must end as a recorded "failed" run
         status, exit_code = FAILED, EXIT_FAILED
-        record["error"] = f"{type(err).__name__}: {err}"
-        log.error("run_failed", version=version, error=record["error"])
+        record.update(error=f"{type(err).__name__}: {err}", failure_kind=failure_kind(err))
+        log.error("run_failed", version=version, error=record["error"], failure_kind=record["failure_kind"])
     finally:
+        heartbeat.end()
         if status in (FAILED, INTERRUPTED) and (run_recorded or not own_run):
             _record_final(registry, version, status, record, started, create=not run_recorded)
         if status in FINAL_STATUSES and (run_recorded or not own_run):
@@ -158,7 +171,50 @@ def _announce(version: str, status: str, record: dict[str, Any], release: Releas
         actor="gate" if status in (PUBLISHED, REJECTED) else "trainer",
         cfg=release.notifications,
         client=sns,
+        failure_kind=record.get("failure_kind") if status in (FAILED, INTERRUPTED) else None,
     )
+
+
+# The errors botocore's own standard retry mode treats as throttling or transient
+# (botocore/retries/standard.py: ThrottledRetryableChecker, TransientRetryableChecker): they
+# say nothing about the data, so a later attempt may well succeed.
+_THROTTLING_OR_TRANSIENT = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+def failure_kind(err: BaseException) -> str:
+    """INFRASTRUCTURE for what a later attempt may not meet (the endpoint unreachable, a
+    timeout, throttling, a 5xx), looking through the causes of a wrapped error; DATA for the
+    rest (a bad model, a failed load check, a bug): retrying the same inputs fails the same way."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, BotoConnectionError | HTTPClientError):  # incl. connect/read timeouts
+            return INFRASTRUCTURE
+        if isinstance(seen, ClientError):
+            code = seen.response.get("Error", {}).get("Code", "")
+            status = seen.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in _THROTTLING_OR_TRANSIENT or status in (500, 502, 503, 504):
+                return INFRASTRUCTURE
+        seen = seen.__cause__
+    return DATA
 
 
 def _ensure_run(registry: Registry, version: str, record: dict[str, Any]) -> bool:
@@ -221,7 +277,9 @@ def _fit_gate_publish(
 
     hyper = settings.hyper
     stop = net.StopWhen(lambda: watcher.noticed)
-    trained, epochs = net.train(parts.train, parts.validation, hyper, callbacks=[stop])
+    heartbeat.enter(heartbeat.FIT)
+    beat = net.keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: heartbeat.progress())
+    trained, epochs = net.train(parts.train, parts.validation, hyper, callbacks=[stop, beat])
     record["epochs_run"] = epochs
     if watcher.noticed:
         raise Interrupted
@@ -254,6 +312,7 @@ def _fit_gate_publish(
 
     if watcher.noticed:
         raise Interrupted
+    heartbeat.enter(heartbeat.EXPORT)
     with tempfile.TemporaryDirectory(prefix="tfjs-") as tmp:
         files = export.save_tfjs(candidate, Path(tmp) / version, version)
         meta = export.metadata(
@@ -271,6 +330,7 @@ def _fit_gate_publish(
             s3, settings.model_bucket, settings.model_prefix, version, files, meta
         )
 
+    heartbeat.enter(heartbeat.PUBLISH)
     # Every uploaded candidate is read back the way clients read it, promoted or not: a
     # rejected run may be promoted by hand later, and must be known to load.
     check_rows = parts.holdout.x if len(parts.holdout) else parts.validation.x

@@ -5,11 +5,24 @@ atomically:
 
 - ``holder``/``instance_id``/``expires_at``: the run in flight, if any. A lock past its expiry
   belongs to a dead run and may be taken over.
-- ``pending_ids``: distinct ids of samples ingested after ``watermark_ms`` (capped: only
-  "enough or not yet" matters). A set, so a re-delivered batch adds nothing.
-- ``watermark_ms``: when the last run was launched. Every sample ingested before it was in the
-  table when that run's trainer scanned it, so a record replayed after the run finished is not
-  new data and never counts again.
+- ``pending_ids``/``pending_ms``: the samples no finished run is known to have trained on: ids
+  (distinct, so a re-delivered batch adds nothing) and, aligned with them, their ``ingested``
+  epoch ms. Capped at the ``cap`` newest (only "enough or not yet" matters, and the newest are
+  the ones that outlive a run's scan). An item written before ``pending_ms`` existed has only
+  the ids: they count as ingested after any scan (``UNKNOWN_MS``), so they are never dropped
+  unseen (at worst one redundant run, the old behaviour). The ids stay where the previous code
+  reads them.
+- ``watermark_ms``: every sample ingested at or before it was trained on (or given up on), so
+  a record replayed later is not new data and never counts again. A launch does not move it:
+  the run's own samples stay pending while it runs, so a run that fails for an
+  infrastructure reason leaves them pending for its retry. When a run ends having trained (or
+  failed on its data), the watermark moves to what its trainer scanned: its
+  ``scan_started_ms`` less ``margin_ms`` (coalescing by what was trained on: samples that
+  arrived between the launch and the scan were trained on and do not start a second run).
+  A run record without ``scan_started_ms`` (an older trainer) moves it to the launch time.
+- ``failures``/``retry_at``/``retry_from_ms``: consecutive infrastructure failures of the
+  pending data, when the next attempt may start, and the launch of the failed attempt
+  (samples ingested after it are fresh data, which does not wait for the backoff).
 - ``last_launch_at``: for the minimum interval between launches.
 - ``rev``: incremented by every write; a write succeeds only if ``rev`` is still the one read
   (optimistic concurrency), so concurrent batches serialise on this item.
@@ -22,16 +35,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
 from lambdas.core import aws, log
 from lambdas.core.errors import Unavailable
-from lambdas.core.registry import from_item, to_item
+from lambdas.core.registry import INFRASTRUCTURE, from_item, to_item
 
 LOCK_PK = "lock"
+# The ingested time of a pending id stored without one (by the previous code): later than any
+# scan, so it is never taken for seen. 2**53 stays exact as a JSON number and a float.
+UNKNOWN_MS = 2**53
 T = TypeVar("T")
+
+Sample = tuple[str, int]  # (id, ingested epoch ms)
 
 
 @dataclass(frozen=True)
@@ -39,9 +58,12 @@ class LockState:
     holder: str | None = None
     instance_id: str | None = None
     expires_at: float = 0.0
-    pending_ids: tuple[str, ...] = ()
+    pending_samples: tuple[Sample, ...] = ()  # sorted by (ingested ms, id)
     watermark_ms: int = 0
     last_launch_at: float = 0.0
+    failures: int = 0
+    retry_at: float = 0.0
+    retry_from_ms: int = 0
     rev: int = 0
 
     def held(self, now: float) -> bool:
@@ -52,20 +74,98 @@ class LockState:
 
     @property
     def pending(self) -> int:
-        return len(self.pending_ids)
+        return len(self.pending_samples)
+
+    @property
+    def pending_ids(self) -> tuple[str, ...]:
+        return tuple(sample_id for sample_id, _ in self.pending_samples)
+
+    def fresh(self, since_ms: int) -> int:
+        """Pending samples ingested after ``since_ms``."""
+        return sum(1 for _, ingested_ms in self.pending_samples if ingested_ms > since_ms)
+
+    @property
+    def launch_ms(self) -> int:
+        return int(self.last_launch_at * 1000)
 
 
-def add_samples(state: LockState, samples: Iterable[tuple[str, int]], cap: int) -> LockState:
-    """Note new samples ``(id, ingested_ms)``; those from before the last launch are ignored."""
-    ids = list(state.pending_ids)
-    known = set(ids)
+# retries ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``retries`` attempts after an infrastructure failure, ``backoff_s`` before the first,
+    doubling after each (60 s: 1, 2, 4 minutes)."""
+
+    retries: int = 3
+    backoff_s: float = 60.0
+
+    def delay_s(self, attempt: int) -> float:
+        return self.backoff_s * 2 ** (attempt - 1)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What follows an infrastructure failure: retry ``attempt`` of ``of`` at ``next_at``, or,
+    with ``next_at`` None, nothing: the retries are used up and the data is given up on."""
+
+    attempt: int
+    of: int
+    next_at: float | None
+
+    @property
+    def gave_up(self) -> bool:
+        return self.next_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        at = self.next_at
+        return {
+            "attempt": self.attempt,
+            "of": self.of,
+            "next_at": None if at is None else _iso(at),
+            "gave_up": self.gave_up,
+        }
+
+
+def plan_retry(failures: int, now: float, policy: RetryPolicy) -> Retry:
+    """The plan after the ``failures``-th consecutive infrastructure failure (1: the first)."""
+    if failures > policy.retries:
+        return Retry(attempt=policy.retries, of=policy.retries, next_at=None)
+    return Retry(attempt=failures, of=policy.retries, next_at=now + policy.delay_s(failures))
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How the holder's run ended. ``failure_kind`` INFRASTRUCTURE: it is retried with its
+    samples; anything else (a model, or a failure of the data or the code): its samples are
+    consumed up to what it scanned (``scan_started_ms``; unknown: its launch)."""
+
+    version: str
+    failure_kind: str | None = None
+    scan_started_ms: int | None = None
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# transitions --------------------------------------------------------------------------------
+
+
+def add_samples(state: LockState, samples: Iterable[Sample], cap: int) -> LockState:
+    """Note new samples ``(id, ingested_ms)``; those at or before the watermark are ignored.
+
+    Only the ``cap`` newest are kept: a run's scan makes the oldest ones seen first, so the
+    newest are the ones that can still count once it ends (and an id dropped here is older than
+    all kept ones, so its replay is dropped again)."""
+    entries = list(state.pending_samples)
+    known = {sample_id for sample_id, _ in entries}
     for sample_id, ingested_ms in samples:
-        if len(ids) >= cap:
-            break
         if ingested_ms > state.watermark_ms and sample_id not in known:
-            ids.append(sample_id)
+            entries.append((sample_id, ingested_ms))
             known.add(sample_id)
-    return dataclasses.replace(state, pending_ids=tuple(ids))
+    entries.sort(key=lambda entry: (entry[1], entry[0]))
+    return dataclasses.replace(state, pending_samples=tuple(entries[-cap:] if cap > 0 else entries))
 
 
 def why_not_launch(state: LockState, now: float, *, min_new: int, min_interval_s: float) -> str | None:
@@ -76,19 +176,26 @@ def why_not_launch(state: LockState, now: float, *, min_new: int, min_interval_s
         return f"{state.pending} new samples pending, {min_new} needed"
     if now - state.last_launch_at < min_interval_s:
         return f"last launch {now - state.last_launch_at:.0f}s ago, {min_interval_s:.0f}s minimum"
+    # The backoff is for the infrastructure; enough data that arrived after the failed attempt
+    # is a run of its own and does not wait for it.
+    if state.failures and now < state.retry_at and state.fresh(state.retry_from_ms) < min_new:
+        return f"retry {state.failures} due in {state.retry_at - now:.0f}s"
     return None
 
 
+def due(state: LockState, now: float, *, min_new: int, min_interval_s: float) -> bool:
+    """Whether a step with no new event would change anything: a launch (a retry that came due)
+    or the takeover of an expired lock. What the schedule checks with one read."""
+    return (
+        state.expired(now)
+        or why_not_launch(state, now, min_new=min_new, min_interval_s=min_interval_s) is None
+    )
+
+
 def acquire(state: LockState, version: str, now: float, ttl_s: float) -> LockState:
-    """Hand the lock to ``version``; the samples pending so far are its data."""
+    """Hand the lock to ``version``. Its samples stay pending until it ends (see ``end_run``)."""
     return dataclasses.replace(
-        state,
-        holder=version,
-        instance_id=None,
-        expires_at=now + ttl_s,
-        pending_ids=(),
-        watermark_ms=int(now * 1000),
-        last_launch_at=now,
+        state, holder=version, instance_id=None, expires_at=now + ttl_s, last_launch_at=now
     )
 
 
@@ -99,20 +206,57 @@ def release(state: LockState, version: str) -> LockState:
     return dataclasses.replace(state, holder=None, instance_id=None, expires_at=0.0)
 
 
-def undo_acquire(state: LockState, version: str, before: LockState) -> LockState:
-    """A launch failed: free the lock and put back the data and timing it had consumed."""
+def end_run(
+    state: LockState, end: RunEnd, now: float, *, policy: RetryPolicy, margin_ms: int
+) -> tuple[LockState, Retry | None]:
+    """The holder's run ended: free the lock; consume what it trained on, or plan its retry.
+    A run that does not hold the lock (a late or repeated end) changes nothing.
+
+    ``margin_ms``: a sample's ``ingested`` time is taken before its write, which may land
+    later (the upload function retries for up to its timeout) and on another clock, so only
+    samples ingested ``margin_ms`` before the scan started are taken for seen."""
+    if state.holder != end.version:
+        return state, None
+    launch_ms = state.launch_ms
+    freed = release(state, end.version)
+    if end.failure_kind == INFRASTRUCTURE:
+        return _failed(freed, launch_ms, now, policy)
+    seen_ms = launch_ms if end.scan_started_ms is None else end.scan_started_ms - margin_ms
+    return _consume(freed, seen_ms), None
+
+
+def undo_acquire(
+    state: LockState, version: str, before: LockState, now: float, policy: RetryPolicy
+) -> tuple[LockState, Retry | None]:
+    """A launch failed (an infrastructure failure): free the lock, give the launch interval
+    back, plan the retry."""
     if state.holder != version:
-        return state
-    ids = tuple(dict.fromkeys(before.pending_ids + state.pending_ids))
+        return state, None
+    launch_ms = state.launch_ms
+    freed = dataclasses.replace(release(state, version), last_launch_at=before.last_launch_at)
+    return _failed(freed, launch_ms, now, policy)
+
+
+def _consume(state: LockState, seen_ms: int) -> LockState:
+    watermark = max(state.watermark_ms, seen_ms)
     return dataclasses.replace(
         state,
-        holder=None,
-        instance_id=None,
-        expires_at=0.0,
-        pending_ids=ids,
-        watermark_ms=before.watermark_ms,
-        last_launch_at=before.last_launch_at,
+        watermark_ms=watermark,
+        pending_samples=tuple(e for e in state.pending_samples if e[1] > watermark),
+        failures=0,
+        retry_at=0.0,
+        retry_from_ms=0,
     )
+
+
+def _failed(state: LockState, launch_ms: int, now: float, policy: RetryPolicy) -> tuple[LockState, Retry]:
+    failures = state.failures + 1
+    retry = plan_retry(failures, now, policy)
+    if retry.next_at is None:  # given up: what the failed attempts had is consumed
+        return _consume(state, launch_ms), retry
+    return dataclasses.replace(
+        state, failures=failures, retry_at=retry.next_at, retry_from_ms=launch_ms
+    ), retry
 
 
 def with_instance(state: LockState, version: str, instance_id: str) -> LockState:
@@ -138,20 +282,29 @@ class LockStore:
         if not item:
             return LockState()
         data = from_item(item)
+        ids = [str(i) for i in data.get("pending_ids", ())]
+        times = [int(ms) for ms in data.get("pending_ms", ())]
+        if len(times) != len(ids):  # written by the previous code (or by it after this code)
+            times = [UNKNOWN_MS] * len(ids)
         return LockState(
             holder=data.get("holder"),
             instance_id=data.get("instance_id"),
             expires_at=float(data.get("expires_at", 0)),
-            pending_ids=tuple(data.get("pending_ids", ())),
+            pending_samples=tuple(sorted(zip(ids, times, strict=True), key=lambda e: (e[1], e[0]))),
             watermark_ms=int(data.get("watermark_ms", 0)),
             last_launch_at=float(data.get("last_launch_at", 0)),
+            failures=int(data.get("failures", 0)),
+            retry_at=float(data.get("retry_at", 0)),
+            retry_from_ms=int(data.get("retry_from_ms", 0)),
             rev=int(data.get("rev", 0)),
         )
 
     def write(self, old: LockState, new: LockState) -> bool:
         """Store ``new`` if the item is still at ``old.rev``; False if someone wrote first."""
         record = dataclasses.asdict(dataclasses.replace(new, rev=old.rev + 1))
+        del record["pending_samples"]
         record["pending_ids"] = list(new.pending_ids)
+        record["pending_ms"] = [ms for _, ms in new.pending_samples]
         record["pk"] = LOCK_PK
         kwargs: dict[str, Any] = {"TableName": self.table, "Item": to_item(record)}
         if old.rev == 0:

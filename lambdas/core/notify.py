@@ -3,8 +3,14 @@
 Message (the SNS ``Message``, also sent as the ``type`` and ``status`` message attributes so
 subscriptions can filter)::
 
-    {"type": "run_outcome" | "latest_changed", "version", "status", "previous", "reason",
-     "actor", "metrics": {...}, "at"}
+    {"type": "run_outcome" | "run_retry" | "latest_changed", "version", "status", "previous",
+     "reason", "actor", "metrics": {...}, "at"}
+
+A failed or interrupted ``run_outcome`` also says why (``failure_kind``: ``infrastructure``,
+retried, or ``data``, not retried) and, when the train trigger ended the run itself, its
+``retry`` plan (``attempt``, ``of``, ``next_at``, ``gave_up``). For a run the trainer ended,
+the trigger announces the plan in a ``run_retry`` message (status ``retry_scheduled`` or
+``retries_exhausted``).
 
 The topic comes from ``NOTIFY_TOPIC_ARN``. Without it nothing is sent (one log line says so):
 a laptop run needs no topic. A failed publish is logged and never fails the caller: the run
@@ -21,6 +27,7 @@ from lambdas.core import aws, log, settings
 from lambdas.core.registry import now_iso
 
 RUN_OUTCOME = "run_outcome"
+RUN_RETRY = "run_retry"
 LATEST_CHANGED = "latest_changed"
 
 
@@ -93,7 +100,10 @@ def run_outcome(
     actor: str = "trainer",
     cfg: NotifySettings | None = None,
     client: Any = None,
+    failure_kind: str | None = None,
+    retry: dict[str, Any] | None = None,
 ) -> bool:
+    extra = {k: v for k, v in (("failure_kind", failure_kind), ("retry", retry)) if v is not None}
     body = message(
         RUN_OUTCOME,
         version=version,
@@ -102,6 +112,29 @@ def run_outcome(
         reason=reason,
         actor=actor,
         metrics=metrics,
+        **extra,
+    )
+    return publish(body, cfg=cfg, client=client)
+
+
+def run_retry(
+    version: str, retry: dict[str, Any], *, cfg: NotifySettings | None = None, client: Any = None
+) -> bool:
+    """The train trigger's plan after an infrastructure failure (``lock.Retry.to_dict()``)."""
+    gave_up = bool(retry.get("gave_up"))
+    attempt, of, at = retry.get("attempt"), retry.get("of"), retry.get("next_at")
+    body = message(
+        RUN_RETRY,
+        version=version,
+        status="retries_exhausted" if gave_up else "retry_scheduled",
+        reason=(
+            f"infrastructure failure; {of} retries used, its samples are given up"
+            if gave_up
+            else f"infrastructure failure; retry {attempt} of {of} at {at}"
+        ),
+        actor="train-trigger",
+        failure_kind="infrastructure",
+        retry=retry,
     )
     return publish(body, cfg=cfg, client=client)
 

@@ -47,6 +47,12 @@ REJECTED = "rejected"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 FINAL_STATUSES = frozenset({PUBLISHED, REJECTED, FAILED, INTERRUPTED})
+# Why a run ended failed or interrupted (its ``failure_kind``): INFRASTRUCTURE (timeout,
+# throttling, spot reclaim, instance death, endpoint unreachable) is retried with its data;
+# DATA (too little data, a bad model, the load check, a bug: the same inputs would fail the
+# same way) is not, and its data counts as consumed.
+INFRASTRUCTURE = "infrastructure"
+DATA = "data"
 
 # What a history item says happened to latest.
 AUTO = "auto"  # the gate promoted a new run

@@ -12,33 +12,29 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import psutil
 import pytest
 import requests
 
-from lambdas.core import comfort, lock, registry
+from lambdas.core import registry
 from localcloud.cloud import LocalCloud
 from scripts import demo
-
-NOISE = 0.05
-BATCH = 250  # above the local MIN_NEW_SAMPLES (200): one upload triggers one run
-DEADLINE_S = 240.0
-T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], seconds: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"gave up after {seconds:g} s waiting for {what}"
-        time.sleep(0.5)
+from tests.support.retrain import (
+    BATCH,
+    alarms,
+    driver,
+    finished_run,
+    instances,
+    latest,
+    lock_state,
+    runs,
+    settled,
+    upload,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -55,61 +51,6 @@ def cloud(tmp_path: Path) -> Iterator[LocalCloud]:
         local.said = said  # type: ignore[attr-defined]
         yield local
     assert not (tmp_path / "state" / "endpoints.json").exists()
-
-
-def upload(cloud: LocalCloud, n: int, seed: int) -> list[str]:
-    samples = comfort.generate(n, seed, NOISE)
-    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
-    assert reply.status_code == 200, reply.text
-    body = reply.json()
-    assert body["written"] == n
-    return list(body["ids"])
-
-
-def runs(cloud: LocalCloud) -> dict[str, dict[str, Any]]:
-    listed, _ = registry.Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).list_runs(
-        limit=50
-    )
-    return {run["version"]: run for run in listed}
-
-
-def latest(cloud: LocalCloud) -> str | None:
-    return registry.Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).latest_version()
-
-
-def lock_state(cloud: LocalCloud) -> lock.LockState:
-    return lock.LockStore(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).read()
-
-
-def instances(cloud: LocalCloud) -> dict[str, str]:
-    reply = cloud.client("ec2").describe_instances(
-        Filters=[{"Name": "tag:service", "Values": ["autoretrain"]}]
-    )
-    return {i["InstanceId"]: i["State"]["Name"] for r in reply["Reservations"] for i in r["Instances"]}
-
-
-def alarms(cloud: LocalCloud) -> list[dict[str, Any]]:
-    return list(cloud.client("cloudwatch").describe_alarms()["MetricAlarms"])
-
-
-def driver(cloud: LocalCloud, name: str) -> Any:
-    return next(d for d in cloud.drivers if d.name == name)
-
-
-def finished_run(cloud: LocalCloud, exclude: set[str]) -> dict[str, Any] | None:
-    for version, run in runs(cloud).items():
-        if version not in exclude and run["status"] in registry.FINAL_STATUSES:
-            return run
-    return None
-
-
-def settled(cloud: LocalCloud) -> bool:
-    """No run in flight, every instance terminated, every alarm deleted."""
-    return (
-        lock_state(cloud).holder is None
-        and all(state == "terminated" for state in instances(cloud).values())
-        and not alarms(cloud)
-    )
 
 
 def infer_version(cloud: LocalCloud) -> str:

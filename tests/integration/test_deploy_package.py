@@ -37,6 +37,10 @@ WILDCARD_RESOURCE_ALLOWED = {
     ("TrainInstanceRole", "ecr:GetAuthorizationToken"): "registry login token; the pull is one repository",
     ("TrainFunctionRole", "ec2:DescribeInstances"): "Describe* has no resource-level permission",
     ("TrainFunctionRole", "dynamodb:ListStreams"): "lists stream ARNs only; reads are per stream",
+    (
+        "TrainInstanceRole",
+        "cloudwatch:PutMetricData",
+    ): "no resource type; limited to one namespace by condition",
 }
 # Managed policies carry AWS's own statements (often Resource "*"): none is accepted.
 MANAGED_POLICIES_ALLOWED: set[str] = set()

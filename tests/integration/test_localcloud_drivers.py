@@ -288,3 +288,88 @@ def test_instance_runner_sends_no_event_when_the_user_data_exits_without_shutdow
     runner.stop()
     assert runner.exit_codes[instance_id] == 3
     assert state(ctx, instance_id) == "running" and ctx.invoked == []  # type: ignore[attr-defined]
+
+
+# --- the idle backstop on metric math: heartbeat AND cpu, with the instance runner ----------
+
+# A stand-in trainer: beats through trainer/heartbeat.py as the instance, enters the scan
+# phase (budget SCAN_BUDGET_S) and blocks in it without CPU for BLOCK_S seconds.
+BEATING_TRAINER = """#!/bin/bash
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+export AWS_ENDPOINT_URL="$LOCALCLOUD_AWS_ENDPOINT" PYTHONPATH="$LOCALCLOUD_ROOT"
+exec {python} -c '
+import os, time
+from trainer import heartbeat
+iid = os.environ["LOCALCLOUD_INSTANCE_ID"]
+beat = heartbeat.Heartbeat(iid, period_s={period}, budgets={{"scan": {budget}}})
+beat.start()
+beat.enter("scan")
+time.sleep({block})
+'
+"""
+
+
+def dead_alarm(ctx: Context, instance_id: str, period: int) -> str:
+    """The backstop as metric math: dead = no heartbeat AND idle CPU, for 2 periods."""
+
+    def stat(query_id: str, namespace: str, name: str, statistic: str) -> dict[str, Any]:
+        metric = {
+            "Namespace": namespace,
+            "MetricName": name,
+            "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+        }
+        return {
+            "Id": query_id,
+            "MetricStat": {"Metric": metric, "Period": period, "Stat": statistic},
+            "ReturnData": False,
+        }
+
+    name = f"dead-{instance_id}"
+    ctx.client("cloudwatch").put_metric_alarm(
+        AlarmName=name,
+        Metrics=[
+            stat("cpu", "AWS/EC2", "CPUUtilization", "Average"),
+            stat("beats", "autoretrain/Trainer", "Heartbeat", "Sum"),
+            {"Id": "dead", "Expression": "IF(FILL(beats, 0) == 0 AND cpu < 5, 1, 0)", "ReturnData": True},
+        ],
+        EvaluationPeriods=2,
+        Threshold=1.0,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching",
+        AlarmActions=["arn:aws:automate:us-east-1:ec2:terminate"],
+    )
+    return name
+
+
+@pytest.mark.slow
+def test_dead_alarm_takes_a_hung_trainer_and_spares_a_slow_one_that_beats(ctx: Context) -> None:
+    import sys
+
+    period = 2  # a window of 2 periods: 4 s
+    block = 6 * period  # the slow trainer blocks for 3 windows, within its phase's budget
+    hung = launch(ctx, "#!/bin/bash\nsleep 600\n")  # no heartbeat at all
+    stuck = launch(ctx, BEATING_TRAINER.format(python=sys.executable, period=period, budget=1, block=600))
+    slow = launch(ctx, BEATING_TRAINER.format(python=sys.executable, period=period, budget=60, block=block))
+    names = {dead_alarm(ctx, i, period): i for i in (hung, stuck, slow)}
+    runner = instances.InstanceRunner(poll_s=0.2, metric_period_s=0.5)
+    evaluator = alarms.AlarmEvaluator(every_s=0.5)
+    runner.start(ctx)
+    evaluator.start(ctx)
+    seen: dict[str, set[str]] = {i: set() for i in names.values()}
+    try:
+        deadline = time.time() + block + 4
+        while time.time() < deadline:
+            for alarm in ctx.client("cloudwatch").describe_alarms(AlarmNames=list(names))["MetricAlarms"]:
+                seen[names[alarm["AlarmName"]]].add(alarm["StateValue"])
+            time.sleep(0.25)
+    finally:
+        evaluator.stop()
+        runner.stop()
+    assert "ALARM" in seen[hung]  # never beat, idle: dead within the window
+    assert "ALARM" in seen[stuck]  # stuck past its phase's budget: its beats stopped
+    assert "ALARM" not in seen[slow] and "OK" in seen[slow]  # blocked 3 windows, but beating
+    # AWS: alarms on math expressions cannot perform EC2 actions (localcloud/alarms.py): the
+    # action is refused, loudly, and the instances still run.
+    assert set(evaluator.refused) == {f"dead-{hung}", f"dead-{stuck}"}
+    assert evaluator.terminated == []
+    assert any("REFUSED" in line for line in ctx.said)  # type: ignore[attr-defined]

@@ -407,7 +407,9 @@ def test_instance_event_launches_the_retrain_pending_since_the_run_began(cfg) ->
     assert decision is not None and decision.launch
     assert decision.stale is not None and decision.stale.holder == held.holder
     state = lock.LockStore(cfg.model_table).read()
-    assert state.holder == decision.launch and state.pending == 0 and state.instance_id
+    assert state.holder == decision.launch and state.instance_id
+    # The new run's samples stay pending while it runs (its own failure would keep them).
+    assert state.pending_ids == ("d", "e", "f") and state.fresh(state.launch_ms) == 0
     assert registry.Registry(cfg.model_table).get_run(str(held.holder))["status"] == "interrupted"
     assert alarm_names() == [f"autoretrain-test-train-{decision.launch}"]
     assert len(instances()) == 2
@@ -533,8 +535,13 @@ def test_alarm_failure_terminates_the_instance_and_fails_the_run(cfg, inbox, err
         "actor": "train-trigger",
     }
     assert code in message["reason"]
-    # the samples are still pending: the next batch launches again, this time with its alarm
-    decision = train.process(batch(cfg, ["d"], 10)["Records"], cfg, train.Clients.default())
+    # the samples are still pending: once the retry's backoff is over, the next batch launches
+    # again, this time with its alarm
+    assert (
+        state.failures == 1 and run["retry"]["attempt"] == 1 and message["failure_kind"] == "infrastructure"
+    )
+    later = time.time() + cfg.retry.delay_s(1)
+    decision = train.process(batch(cfg, ["d"], 10)["Records"], cfg, train.Clients.default(), now=later)
     assert decision.launch and decision.launch != run["version"]
     running = [i for i in instances() if i["State"]["Name"] in ("pending", "running")]
     assert len(running) == 1 and alarm_names() == [f"autoretrain-test-train-{decision.launch}"]
@@ -600,3 +607,137 @@ def test_launch_does_not_retry_on_demand_what_on_demand_would_refuse_too(cfg, co
     with pytest.raises(Unavailable, match=f"could not launch a training instance: {code}"):
         launch.launch_instance(cfg.launch, "v20261123T091432Z-1a2b", "#!/bin/bash\n", ec2=ec2)
     assert len(ec2.calls) == 1
+
+
+# coalescing by what a run scanned; retries of infrastructure failures -----------------------
+
+
+def run_ends(cfg: train.TrainSettings, version: str, status: str, **fields: Any) -> dict[str, Any]:
+    """The trainer stand-in records its outcome; the model table's stream record of it."""
+    registry.Registry(cfg.model_table).update_run(version, status=status, **fields)
+    image = registry.to_item(registry.Registry(cfg.model_table).get_run(version))
+    record = run_record(cfg, version, status)
+    record["dynamodb"]["NewImage"] = image
+    return record
+
+
+def test_coalescing_a_burst_between_launch_and_scan_leads_to_one_run(cfg) -> None:
+    clients = train.Clients.default()
+    first = train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, clients).launch
+    assert first
+    # a burst arrives while the instance boots: pending, and enough for a run of its own
+    launch_ms = lock.LockStore(cfg.model_table).read().launch_ms
+    burst = [data_record(cfg, f"burst{i}", 20 + i, ingested=launch_ms + 1000 + i) for i in range(5)]
+    train.process(burst, cfg, clients)
+    # the trainer's scan starts after the burst (it trains on it); one sample comes later
+    scan_ms = launch_ms + 5000 + cfg.scan_margin_s * 1000
+    late = data_record(cfg, "late", 30, ingested=scan_ms + 1)
+    decision = train.process([late, run_ends(cfg, first, "published", scan_started_ms=scan_ms)], cfg, clients)
+    assert decision.launch is None and decision.reason == "1 new samples pending, 3 needed"
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder is None and state.pending_ids == ("late",)
+    assert state.watermark_ms == scan_ms - cfg.scan_margin_s * 1000
+    assert len(instances()) == 1
+    # the burst's records replayed later are not new data either
+    assert train.process(burst, cfg, clients).launch is None and len(instances()) == 1
+
+
+def test_coalescing_before_the_fix_a_run_without_scan_time_consumes_only_up_to_its_launch(cfg) -> None:
+    """A run record of an older trainer (no scan_started_ms): the burst counts again, as before."""
+    clients = train.Clients.default()
+    first = train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, clients).launch
+    launch_ms = lock.LockStore(cfg.model_table).read().launch_ms
+    train.process(
+        [data_record(cfg, f"b{i}", 20 + i, ingested=launch_ms + 1 + i) for i in range(3)], cfg, clients
+    )
+    decision = train.process([run_ends(cfg, str(first), "published")], cfg, clients)
+    assert decision.launch and len(instances()) == 2
+
+
+def test_retry_infrastructure_failure_keeps_the_samples_retries_with_backoff_then_gives_up(
+    cfg, inbox
+) -> None:
+    cfg, read = inbox
+    clients = train.Clients.default()
+    now = time.time()
+    version = train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, clients, now=now).launch
+    versions = [version]
+    for attempt in (1, 2, 3):
+        failed = run_ends(
+            cfg, str(version), "failed", failure_kind="infrastructure", error="ThrottlingException"
+        )
+        decision = train.process([failed], cfg, clients, now=now + 10)
+        assert decision.launch is None and decision.reason.startswith(f"retry {attempt} due in")
+        state = lock.LockStore(cfg.model_table).read()
+        assert state.pending_ids == ("a", "b", "c") and state.failures == attempt
+        run = registry.Registry(cfg.model_table).get_run(str(version))
+        assert run["status"] == "failed" and run["failure_kind"] == "infrastructure"
+        assert run["retry"]["attempt"] == attempt and run["retry"]["of"] == 3 and not run["retry"]["gave_up"]
+        due = now + 10 + cfg.retry.delay_s(attempt)
+        # nothing new arrives: only the schedule starts the retry, and not before it is due
+        assert train.tick(cfg, clients, now=due - 1) is None
+        tick = train.tick(cfg, clients, now=due)
+        assert tick is not None and tick.launch
+        version, now = tick.launch, due
+        versions.append(version)
+        assert registry.Registry(cfg.model_table).get_run(version)["trigger"]["attempt"] == attempt + 1
+    # the fourth infrastructure failure in a row: given up, visibly; its samples are consumed
+    train.process(
+        [run_ends(cfg, str(version), "failed", failure_kind="infrastructure")], cfg, clients, now=now + 10
+    )
+    run = registry.Registry(cfg.model_table).get_run(str(version))
+    assert run["retry"] == {"attempt": 3, "of": 3, "gave_up": True}  # no next_at
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder is None and state.pending == 0 and state.failures == 0
+    assert train.tick(cfg, clients, now=now + 3600) is None
+    assert len(instances()) == 4 and len(set(versions)) == 4
+    messages = [(m["type"], m["status"], m["retry"]["attempt"]) for m in read()]
+    assert messages == [
+        ("run_retry", "retry_scheduled", 1),
+        ("run_retry", "retry_scheduled", 2),
+        ("run_retry", "retry_scheduled", 3),
+        ("run_retry", "retries_exhausted", 3),
+    ]
+
+
+def test_retry_data_failure_is_not_retried(cfg, inbox) -> None:
+    cfg, read = inbox
+    clients = train.Clients.default()
+    now = time.time()
+    version = train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, clients, now=now).launch
+    scan_ms = int(now * 1000) + 5000 + cfg.scan_margin_s * 1000
+    failed = run_ends(
+        cfg, str(version), "failed", failure_kind="data", error="not enough data", scan_started_ms=scan_ms
+    )
+    decision = train.process([failed], cfg, clients, now=now + 10)
+    assert decision.launch is None and decision.retries == ()
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder is None and state.pending == 0 and state.failures == 0
+    assert "retry" not in registry.Registry(cfg.model_table).get_run(str(version))
+    assert train.tick(cfg, clients, now=now + 3600) is None and len(instances()) == 1
+    assert read() == []
+
+
+def test_retry_instance_died_without_a_record_is_an_infrastructure_failure(cfg, inbox) -> None:
+    cfg, read = inbox
+    held = running_run(cfg)
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(held.instance_id)])  # a spot reclaim
+    decision = train.instance_ended(str(held.instance_id), "terminated", cfg, train.Clients.default())
+    assert decision is not None and decision.launch is None and decision.reason.startswith("retry 1 due in")
+    run = registry.Registry(cfg.model_table).get_run(str(held.holder))
+    assert run["status"] == "interrupted" and run["failure_kind"] == "infrastructure"
+    assert run["retry"]["attempt"] == 1
+    [message] = read()
+    assert (message["status"], message["failure_kind"], message["retry"]["attempt"]) == (
+        "interrupted",
+        "infrastructure",
+        1,
+    )
+    assert lock.LockStore(cfg.model_table).read().pending_ids == ("a", "b", "c")
+
+
+def test_train_handler_schedule_event_reads_the_lock_and_does_nothing_when_nothing_is_due(cfg) -> None:
+    event = json.loads((EVENTS / "traffic_schedule.json").read_text())
+    assert event["detail-type"] == "Scheduled Event"
+    assert train.handler(event) == {"tick": True, "launch": None}
+    assert instances() == [] and lock.LockStore(cfg.model_table).read() == lock.LockState()
