@@ -191,3 +191,116 @@ def test_an_s3_error_while_publishing_never_moves_latest_to_a_partial_model(make
     keys = [o["Key"] for o in cloud.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert not any(k.endswith("model.json") for k in keys)  # model.json is written last: never here
     assert len(ids_in_table(cloud)) == 240
+
+
+# --- the trainer failing at each phase -------------------------------------------------------
+# Where: a fault on the AWS call of the phase (scan, publish, promote), the trainer process
+# killed when its log shows the phase (fit, export), or a spot interruption notice at the phase.
+# Every case must end with the run failed or interrupted, latest not moved to anything partial,
+# every sample still in the table, and the run retried (an infrastructure failure) once the
+# fault is gone, until a model is published from the same samples.
+
+MARKERS = {"scan": '"event":"run_start"', "fit": '"event":"epoch"', "export": '"event":"evaluated"'}
+
+
+def _trainer_processes() -> list[Any]:
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "-m" in cmdline and "trainer" in cmdline:
+            out.append(proc)
+    return out
+
+
+def _when_logged(state: Path, marker: str, action: Callable[[str], None], stop: Any) -> None:
+    """Watch the instances' consoles; on the first line with ``marker`` call ``action(instance_id)``."""
+    while not stop.is_set():
+        for log in state.glob("instance-i-*.log"):
+            if marker in log.read_text(errors="replace"):
+                action(log.stem.removeprefix("instance-"))
+                return
+        time.sleep(0.1)
+
+
+CASES = {
+    "scan: DynamoDB refuses the scan": ("fault", {"action": "dynamodb:Scan", "error": "InternalServerError"}),
+    "fit: the trainer process dies": ("kill", "fit"),
+    "export: the trainer process dies": ("kill", "export"),
+    "publish: S3 fails a weight shard": (
+        "fault",
+        {
+            "action": "s3:PutObject",
+            "resource": "arn:aws:s3:::*/models/*/group1-shard*",
+            "error": "InternalError",
+        },
+    ),
+    "scan: spot interruption notice": ("spot", "scan"),
+    "fit: spot interruption notice": ("spot", "fit"),
+    "export: spot interruption notice": ("spot", "export"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_trainer_failing_at_each_phase_loses_nothing_and_is_retried(
+    make_cloud, tmp_path, case: str
+) -> None:
+    import threading
+
+    kind, what = CASES[case]
+    cloud = make_cloud(drivers=("streams", "instances", "alarms"))
+    stop = threading.Event()
+    if kind == "fault":
+        inject(cloud, principal="*TrainInstanceRole", status=500, times=-1, **what)
+    elif kind == "kill":
+        watcher = threading.Thread(
+            target=_when_logged,
+            args=(cloud.state_dir, MARKERS[what], lambda _id: [p.kill() for p in _trainer_processes()], stop),
+            daemon=True,
+        )
+        watcher.start()
+    else:
+        watcher = threading.Thread(
+            target=_when_logged,
+            args=(
+                cloud.state_dir,
+                MARKERS[what],
+                lambda instance_id: (cloud.state_dir / f"spot-notice-{instance_id}").touch(),
+                stop,
+            ),
+            daemon=True,
+        )
+        watcher.start()
+    samples = comfort.generate(240, 11, 0.05)
+    posted = set(requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120).json()["ids"])
+    registry = Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))
+
+    def first_outcome() -> dict[str, Any] | None:
+        listed = registry.list_runs(limit=10)[0]
+        ended = [r for r in listed if r.get("status") not in (None, "training")]
+        return ended[-1] if ended else None
+
+    failed = wait(first_outcome, 240, f"the run to end ({case})")
+    stop.set()
+    clear_faults(cloud)
+    assert failed["status"] in ("failed", "interrupted"), failed
+    assert registry.latest_version() is None  # latest never moved to a partial model
+    assert ids_in_table(cloud) >= posted  # every sample is still there
+    # the samples stayed pending: a retry publishes a model once the fault is gone
+    published = wait(
+        lambda: next((r for r in registry.list_runs(limit=10)[0] if r.get("status") == "published"), None),
+        300,
+        "a retry to publish",
+    )
+    assert registry.latest_version() == published["version"]
+    bucket = cloud.stack.physical["ModelBucket"]
+    manifest = json.loads(
+        cloud.client("s3")
+        .get_object(Bucket=bucket, Key=f"models/{published['version']}/model.json")["Body"]
+        .read()
+    )
+    for group in manifest["weightsManifest"]:
+        for path in group["paths"]:  # every shard the published model names is there
+            key = f"models/{published['version']}/{path.rsplit('/', 1)[-1]}"
+            cloud.client("s3").head_object(Bucket=bucket, Key=key)

@@ -326,3 +326,28 @@ def test_the_local_endpoint_applies_dynamodb_and_ec2_limits_to_everyone(make_clo
         )
     assert user_data.value.response["Error"]["Code"] == "InvalidParameterValue"
     assert _instances(cloud) == [] and not cloud.client("ec2").describe_instances()["Reservations"]
+
+
+def test_an_expired_or_sigv2_presigned_url_is_refused_as_s3_refuses_it(make_cloud) -> None:
+    from botocore.config import Config
+
+    cloud = make_cloud(environment={"PROXY_URL_EXPIRY_S": "1"})
+    bucket = cloud.stack.physical["ModelBucket"]
+    version = "v20261123T091432Z-1a2b"
+    cloud.client("s3").put_object(Bucket=bucket, Key=f"models/{version}/model.json", Body=b"{}")
+    reply = requests.get(f"{cloud.api_url}/s3proxy/{version}/model.json", timeout=60, allow_redirects=False)
+    assert reply.status_code == 302
+    time.sleep(2.5)
+    expired = requests.get(reply.headers["Location"], timeout=10)
+    assert expired.status_code == 403 and b"Request has expired" in expired.content
+    sigv2 = boto3.client(
+        "s3",
+        endpoint_url=cloud.aws_url,
+        region_name=cloud.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(signature_version="s3"),
+    ).generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": f"models/{version}/model.json"})
+    assert "Signature=" in sigv2 and "X-Amz-Signature" not in sigv2
+    refused = requests.get(sigv2, timeout=10)
+    assert refused.status_code == 400 and b"InvalidRequest" in refused.content
