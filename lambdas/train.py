@@ -13,7 +13,13 @@ Three event sources:
   trainer, a spot reclaim, a crash) it is marked ``interrupted`` and announced, its alarm is
   deleted and the lock freed at once. Events of any other instance cost one read of the lock.
 
-A fourth, a schedule (every minute), re-evaluates the lock with one read and steps only when a
+A fourth, the run's idle alarm (``lambdas.core.launch``: no heartbeat and idle CPU), invokes
+this function as its action: on its change to ALARM the instance of the run that holds the lock
+is terminated, and that instance's state-change event ends the run ``interrupted`` as above (an
+infrastructure failure: retried). An alarm of any other run, another state or a replayed event
+changes nothing.
+
+A fifth, a schedule (every minute), re-evaluates the lock with one read and steps only when a
 retry has come due (or the lock expired): a retry needs no new event.
 
 After any of them, a run starts if the lock is free (or expired), enough new samples are pending
@@ -353,6 +359,76 @@ def instance_ended(
     )
 
 
+# the idle alarm ------------------------------------------------------------------------------
+
+ALARM = "ALARM"
+
+
+@dataclass(frozen=True)
+class AlarmChange:
+    name: str
+    state: str
+    previous: str | None
+    instance_ids: tuple[str, ...]  # the InstanceId dimensions of the alarm's metrics
+
+
+def alarm_change(event: dict[str, Any]) -> AlarmChange | None:
+    """The state change a CloudWatch alarm's Lambda action delivers; None for any other event.
+
+    Its shape (CloudWatch User Guide, "Invoke a Lambda function from an alarm", event examples):
+    ``source: aws.cloudwatch``, ``alarmArn``, ``alarmData`` with ``alarmName``,
+    ``state.value``, ``previousState.value`` and ``configuration.metrics[].metricStat.metric``
+    whose ``dimensions`` is an object (``{"InstanceId": "i-..."}``)."""
+    if event.get("source") != "aws.cloudwatch":
+        return None
+    data = event.get("alarmData")
+    if not isinstance(data, dict):
+        return None
+    name, state = data.get("alarmName"), (data.get("state") or {}).get("value")
+    if not name or not state:
+        return None
+    previous = (data.get("previousState") or {}).get("value")
+    ids: list[str] = []
+    for query in (data.get("configuration") or {}).get("metrics") or []:
+        metric = (query.get("metricStat") or {}).get("metric") or {}
+        instance_id = (metric.get("dimensions") or {}).get("InstanceId")
+        if instance_id and str(instance_id) not in ids:
+            ids.append(str(instance_id))
+    return AlarmChange(str(name), str(state), str(previous) if previous else None, tuple(ids))
+
+
+def idle_alarm(change: AlarmChange, cfg: TrainSettings, clients: Clients) -> str | None:
+    """The run's idle alarm changed state. On ALARM for the run that holds the lock, terminate
+    its instance and return its id; the instance's state-change event then ends the run
+    (``instance_ended``). Anything else - another run's alarm (a run already ended), another
+    state, an instance already gone (a replay) - is logged and changes nothing (None)."""
+    version = launch.alarm_version(cfg.stage, change.name)
+    held = lock.LockStore(cfg.model_table, clients.ddb).read()
+    context = {
+        "alarm": change.name,
+        "state": change.state,
+        "previous": change.previous,
+        "holder": held.holder,
+    }
+    instance_id = held.instance_id
+    if (
+        change.state != ALARM
+        or version is None
+        or held.holder != version
+        or instance_id is None
+        or (change.instance_ids and instance_id not in change.instance_ids)
+    ):
+        log.log("idle_alarm_ignored", **context)
+        return None
+    state = launch.instance_state(instance_id, ec2=clients.ec2)
+    if state in launch.GONE | {None}:
+        log.log("idle_alarm_ignored", **context, instance_id=instance_id, instance_state=state)
+        return None
+    launch.terminate(instance_id, ec2=clients.ec2)
+    log.warning("idle_instance_terminated", **context, version=version, instance_id=instance_id)
+    return instance_id
+
+
 INSTANCE_GONE = "the instance was terminated before the trainer recorded an outcome"
 
 
@@ -592,6 +668,11 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         # Asynchronous like the EventBridge events: an error propagates so Lambda retries it.
         decision = tick(_settings(), Clients.default())
         return {"tick": True, "launch": decision.launch if decision else None}
+    alarm = alarm_change(event)
+    if alarm is not None:
+        # Invoked asynchronously by CloudWatch: an error propagates so Lambda retries it.
+        terminated = idle_alarm(alarm, _settings(), Clients.default())
+        return {"alarm": alarm.name, "state": alarm.state, "terminated": terminated}
     change = instance_change(event)
     if change is not None:
         # Invoked asynchronously by EventBridge: an error propagates so Lambda retries it.

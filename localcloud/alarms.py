@@ -3,8 +3,18 @@
 Every few seconds each alarm on ``AWS/EC2 CPUUtilization``, and each alarm on a metric math
 expression (``Metrics``), is evaluated over its last EvaluationPeriods x Period (the Period
 written in the alarm: the local cloud writes short ones, see custom.localCloud in
-serverless.yml), honouring ComparisonOperator, Threshold and TreatMissingData. A transition to
-ALARM carries out ``arn:aws:automate:<region>:ec2:terminate``.
+serverless.yml), honouring ComparisonOperator, Threshold and TreatMissingData. Only completed
+periods count (aligned to the period, as CloudWatch's datapoints are): a partly filled newest
+period would flap the state. A transition to ALARM carries out the alarm's actions:
+``arn:aws:automate:<region>:ec2:terminate``, and ``arn:aws:lambda:<region>:<account>:function:
+<name>``, which invokes the function with the event CloudWatch sends (CloudWatch User Guide,
+"Invoke a Lambda function from an alarm": ``source: aws.cloudwatch``, ``alarmArn``,
+``alarmData`` with ``alarmName``, ``state``, ``previousState``, ``configuration``), once per
+change into ALARM. As in AWS the invocation is asynchronous: a failure is printed, not raised;
+and it happens only when the function's resource policy lets
+``lambda.alarms.cloudwatch.amazonaws.com`` invoke it for this alarm (an
+``AWS::Lambda::Permission`` of serverless.yml; AWS does not invoke "when CloudWatch is not
+authorized to invoke the Lambda function", ibid.).
 
 Metric math (CloudWatch User Guide, "Using math expressions with CloudWatch metrics"): each
 metric of the alarm is read per period with GetMetricStatistics (moto 5.2.5 answers it; its
@@ -22,13 +32,17 @@ action is refused here, loudly, and never carried out.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from localcloud import infra
 from localcloud.driver import Context
+
+ALARM_PRINCIPAL = "lambda.alarms.cloudwatch.amazonaws.com"
 
 _COMPARE = {
     "GreaterThanOrEqualToThreshold": lambda v, t: v >= t,
@@ -245,6 +259,112 @@ def math_period(alarm: dict[str, Any]) -> int:
     return periods.pop()
 
 
+def completed_window(now: datetime, period: int, periods: int) -> tuple[datetime, datetime]:
+    """The last ``periods`` whole periods before ``now``, aligned to the period."""
+    end = datetime.fromtimestamp(now.timestamp() // period * period, tz=UTC)
+    return end - timedelta(seconds=period * periods), end
+
+
+def _function_logical_id(name: str) -> str:
+    """The logical id osls gives a function's AWS::Lambda::Function (``train`` ->
+    ``TrainLambdaFunction``)."""
+    normalized = name.replace("-", "Dash").replace("_", "Underscore")
+    return f"{normalized[:1].upper()}{normalized[1:]}LambdaFunction"
+
+
+def lambda_permitted(stack: infra.Stack, function: str, alarm_arn: str) -> bool:
+    """Whether an AWS::Lambda::Permission of the stack lets CloudWatch alarms invoke
+    ``function`` for the alarm ``alarm_arn`` (SourceArn is matched like Lambda's StringLike)."""
+    own = {
+        _function_logical_id(function),
+        function,
+        f"{stack.config.get('service', 'service')}-{stack.stage}-{function}",
+    }
+    for spec in stack.resources_of_type("AWS::Lambda::Permission").values():
+        props = spec.get("Properties") or {}
+        target = props.get("FunctionName")
+        if isinstance(target, dict):
+            target = (target.get("Fn::GetAtt") or [target.get("Ref")])[0]
+        if str(target) not in own and not str(target).endswith(f":function:{function}"):
+            continue
+        if props.get("Principal") != ALARM_PRINCIPAL or props.get("Action") != "lambda:InvokeFunction":
+            continue
+        account = props.get("SourceAccount")
+        if account is not None and str(stack.resolve_intrinsics(account)) != stack.account:
+            continue
+        source = props.get("SourceArn")
+        if source is None or fnmatch.fnmatchcase(alarm_arn, str(stack.resolve_intrinsics(source))):
+            return True
+    return False
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}+0000"
+
+
+def _query_event(query: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": query["Id"], "returnData": query.get("ReturnData", True)}
+    if "Expression" in query:
+        out["expression"] = query["Expression"]
+    if "MetricStat" in query:
+        stat = query["MetricStat"]
+        out["metricStat"] = {
+            "metric": {
+                "namespace": stat["Metric"]["Namespace"],
+                "name": stat["Metric"]["MetricName"],
+                "dimensions": {d["Name"]: d["Value"] for d in stat["Metric"].get("Dimensions", [])},
+            },
+            "period": stat["Period"],
+            "stat": stat["Stat"],
+        }
+    return out
+
+
+def alarm_event(
+    alarm: dict[str, Any], state: str, reason: str, *, account: str, region: str, now: datetime
+) -> dict[str, Any]:
+    """The event a Lambda alarm action receives (CloudWatch User Guide, "Invoke a Lambda
+    function from an alarm", its metric and metric math examples)."""
+    if alarm.get("Metrics"):
+        metrics = [_query_event(q) for q in alarm["Metrics"]]
+    else:
+        metrics = [
+            _query_event(
+                {
+                    "Id": "m1",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": alarm["Namespace"],
+                            "MetricName": alarm["MetricName"],
+                            "Dimensions": alarm.get("Dimensions", []),
+                        },
+                        "Period": alarm["Period"],
+                        "Stat": alarm.get("Statistic") or "Average",
+                    },
+                }
+            )
+        ]
+    previous_at = alarm.get("StateUpdatedTimestamp")
+    return {
+        "source": "aws.cloudwatch",
+        "alarmArn": alarm.get("AlarmArn")
+        or f"arn:aws:cloudwatch:{region}:{account}:alarm:{alarm['AlarmName']}",
+        "accountId": account,
+        "time": _iso(now),
+        "region": region,
+        "alarmData": {
+            "alarmName": alarm["AlarmName"],
+            "state": {"value": state, "reason": reason, "timestamp": _iso(now)},
+            "previousState": {
+                "value": alarm.get("StateValue") or "INSUFFICIENT_DATA",
+                "reason": alarm.get("StateReason") or "",
+                "timestamp": _iso(previous_at) if isinstance(previous_at, datetime) else _iso(now),
+            },
+            "configuration": {"description": alarm.get("AlarmDescription") or "", "metrics": metrics},
+        },
+    }
+
+
 class AlarmEvaluator:
     name = "alarms"
 
@@ -254,6 +374,7 @@ class AlarmEvaluator:
         self._thread: threading.Thread | None = None
         self.terminated: list[str] = []
         self.refused: list[str] = []  # math alarms whose EC2 action was refused, as AWS does
+        self.invoked: list[tuple[str, str]] = []  # (alarm, function) of each Lambda action
 
     def start(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -292,12 +413,23 @@ class AlarmEvaluator:
                 state = evaluate(alarm, self._datapoints(alarm, now))
             if state == alarm.get("StateValue"):
                 continue
+            reason = f"local cloud evaluation: {state}"
             self.cloudwatch.set_alarm_state(
-                AlarmName=alarm["AlarmName"], StateValue=state, StateReason=f"local cloud evaluation: {state}"
+                AlarmName=alarm["AlarmName"], StateValue=state, StateReason=reason
             )
             self.ctx.say(f"alarm {alarm['AlarmName']}: {alarm.get('StateValue')} -> {state}")
             if state == "ALARM" and alarm.get("ActionsEnabled", True):
-                self._act(alarm)
+                self._act(
+                    alarm,
+                    alarm_event(
+                        alarm,
+                        state,
+                        reason,
+                        account=self.ctx.stack.account,
+                        region=self.ctx.stack.region,
+                        now=now,
+                    ),
+                )
 
     @staticmethod
     def _math_alarm(alarm: dict[str, Any]) -> dict[str, Any]:
@@ -321,30 +453,36 @@ class AlarmEvaluator:
         return evaluate_queries(alarm["Metrics"], series)
 
     def _datapoints(self, alarm: dict[str, Any], now: datetime) -> list[float | None]:
+        """One value per completed period, oldest first. One query per period: moto buckets
+        GetMetricStatistics from the first datapoint's time, not from StartTime, so a wider
+        query's buckets would straddle the alarm's periods."""
         period = int(alarm["Period"])
         periods = int(alarm["EvaluationPeriods"])
-        start = now - timedelta(seconds=period * periods)
+        start, _ = completed_window(now, period, periods)
         statistic = alarm.get("Statistic") or "Average"
         if statistic not in ("Average", "Sum", "Minimum", "Maximum", "SampleCount"):
             raise ExpressionError(f"unsupported statistic {statistic!r}")
-        stats = self.cloudwatch.get_metric_statistics(
-            Namespace=alarm["Namespace"],
-            MetricName=alarm["MetricName"],
-            Dimensions=alarm.get("Dimensions", []),
-            StartTime=start,
-            EndTime=now,
-            Period=period,
-            Statistics=[statistic],
-        )
-        values: list[float | None] = [None] * periods
-        for point in stats.get("Datapoints", []):
-            index = int((point["Timestamp"] - start).total_seconds() // period)
-            if 0 <= index < periods:
-                values[index] = float(point[statistic])
+        values: list[float | None] = []
+        for index in range(periods):
+            begin = start + timedelta(seconds=period * index)
+            stats = self.cloudwatch.get_metric_statistics(
+                Namespace=alarm["Namespace"],
+                MetricName=alarm["MetricName"],
+                Dimensions=alarm.get("Dimensions", []),
+                StartTime=begin,
+                EndTime=begin + timedelta(seconds=period),
+                Period=period,
+                Statistics=[statistic],
+            )
+            points = stats.get("Datapoints", [])
+            values.append(float(points[0][statistic]) if points else None)
         return values
 
-    def _act(self, alarm: dict[str, Any]) -> None:
+    def _act(self, alarm: dict[str, Any], event: dict[str, Any]) -> None:
         for action in alarm.get("AlarmActions", []):
+            if action.startswith("arn:aws:lambda:"):
+                self._invoke(alarm, action, event)
+                continue
             if not (action.startswith("arn:aws:automate:") and action.endswith(":ec2:terminate")):
                 continue
             if alarm.get("Metrics"):
@@ -358,3 +496,42 @@ class AlarmEvaluator:
                     self.ec2.terminate_instances(InstanceIds=[dim["Value"]])
                     self.terminated.append(dim["Value"])
                     self.ctx.say(f"alarm {alarm['AlarmName']}: terminated idle instance {dim['Value']}")
+
+    def _invoke(self, alarm: dict[str, Any], action: str, event: dict[str, Any]) -> None:
+        """A Lambda action: the function named by the ARN (``<service>-<stage>-<name>``, an
+        alias or version qualifier ignored), if its resource policy allows this alarm."""
+        name = alarm["AlarmName"]
+        parts = action.split(":")
+        prefix = f"{self.ctx.stack.config.get('service', 'service')}-{self.ctx.stack.stage}-"
+        full = parts[6] if len(parts) > 6 and parts[5] == "function" else ""
+        function = full[len(prefix) :] if full.startswith(prefix) else ""
+        if not function or function not in {f.name for f in self.ctx.stack.functions()}:
+            self.ctx.say(f"alarm {name}: NOT INVOKED {action}: no such function")
+            return
+        if not lambda_permitted(self.ctx.stack, function, event["alarmArn"]):
+            self.ctx.say(f"alarm {name}: NOT INVOKED {action}: no permission for {ALARM_PRINCIPAL}")
+            return
+        self.invoked.append((name, function))
+        self.ctx.say(f"alarm {name}: invoking {function}")
+        try:
+            self.ctx.invoke(function, event)
+        except Exception as err:  # noqa: BLE001 - asynchronous in AWS: Lambda retries, we report
+            self.ctx.say(f"alarm {name}: {function} failed: {err!r}")
+            return
+        # The invocation is synchronous here: what it did to the alarm's instance shows now.
+        for instance_id in _instance_ids(alarm):
+            if self._gone(instance_id):
+                self.terminated.append(instance_id)
+                self.ctx.say(f"alarm {name}: {function} terminated instance {instance_id}")
+
+    def _gone(self, instance_id: str) -> bool:
+        reply = self.ec2.describe_instances(InstanceIds=[instance_id])
+        states = [i["State"]["Name"] for r in reply.get("Reservations", []) for i in r.get("Instances", [])]
+        return bool(states) and states[0] in ("shutting-down", "terminated")
+
+
+def _instance_ids(alarm: dict[str, Any]) -> list[str]:
+    dimensions = list(alarm.get("Dimensions") or [])
+    for query in alarm.get("Metrics") or []:
+        dimensions += (query.get("MetricStat") or {}).get("Metric", {}).get("Dimensions", [])
+    return list(dict.fromkeys(d["Value"] for d in dimensions if d["Name"] == "InstanceId"))

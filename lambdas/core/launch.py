@@ -1,10 +1,16 @@
 """Start a training instance and its idle backstop alarm; clean both up.
 
 The instance is a one-time spot instance (on-demand when spot capacity is unavailable, if
-allowed) that terminates itself when its user-data powers off. The CloudWatch alarm
-terminates it if it sits idle anyway (a hung trainer): CPUUtilization below a threshold for N
-periods. Detailed monitoring gives 1-minute datapoints, so a 60 s period is meaningful; a
-booting instance has no datapoints yet and must not count as idle (missing = not breaching).
+allowed) that terminates itself when its user-data powers off. The CloudWatch alarm catches a
+hung trainer: no heartbeat (trainer/heartbeat.py) AND CPUUtilization below a threshold for N
+periods - a trainer blocked on I/O keeps beating and is spared. Detailed monitoring gives
+1-minute datapoints, so a 60 s period is meaningful; a booting instance has no CPU datapoints
+yet and must not count as idle (missing = not breaching).
+
+The alarm is metric math, and "Alarms based on math expressions cannot perform Amazon EC2
+actions" (CloudWatch User Guide, "Using Amazon CloudWatch alarms"), so its action is the train
+function (CloudWatch User Guide, "Invoke a Lambda function from an alarm"), which terminates the
+instance of the run that holds the lock (lambdas/train.py, ``idle_alarm``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class LaunchSettings:
     alarm_period_s: int
     alarm_evaluation_periods: int
     alarm_cpu_threshold: float
+    # What the alarm invokes: the train function, by its known name (infra/serverless.yml).
+    alarm_function_arn: str
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> LaunchSettings:
@@ -73,11 +81,20 @@ class LaunchSettings:
             alarm_period_s=settings.integer(env, "ALARM_PERIOD_S", 60, minimum=1),
             alarm_evaluation_periods=settings.integer(env, "ALARM_EVALUATION_PERIODS", 2, minimum=1),
             alarm_cpu_threshold=settings.number(env, "ALARM_CPU_THRESHOLD", 5.0, minimum=0.0),
+            alarm_function_arn=settings.required(env, "TRAIN_FUNCTION_ARN"),
         )
 
 
 def alarm_name(stage: str, version: str) -> str:
     return f"{SERVICE}-{stage}-train-{version}"
+
+
+def alarm_version(stage: str, name: str) -> str | None:
+    """The run version an idle alarm's name carries; None for any other alarm."""
+    prefix = alarm_name(stage, "")
+    if not name.startswith(prefix):
+        return None
+    return name[len(prefix) :] or None
 
 
 def run_request(cfg: LaunchSettings, version: str, user_data: str, market: str) -> dict[str, Any]:
@@ -141,8 +158,56 @@ def launch_instance(cfg: LaunchSettings, version: str, user_data: str, *, ec2: A
     raise Unavailable("could not launch a training instance")  # pragma: no cover - loop always returns
 
 
+# Heartbeat metric of the trainer (trainer/heartbeat.py; not imported: the function's package
+# does not carry the trainer).
+HEARTBEAT_NAMESPACE = "autoretrain/Trainer"
+HEARTBEAT_METRIC = "Heartbeat"
+
+
+def idle_alarm_request(cfg: LaunchSettings, version: str, instance_id: str) -> dict[str, Any]:
+    """The PutMetricAlarm parameters of the backstop: "dead" is 1 in a period with no heartbeat
+    (a missing Sum is filled with 0) and CPU below the threshold; N such periods invoke the
+    train function. A period without CPU data (booting) leaves ``cpu < t`` missing, so "dead"
+    is missing there, which does not breach."""
+    dimensions = [{"Name": "InstanceId", "Value": instance_id}]
+
+    def metric(query_id: str, namespace: str, name: str, stat: str) -> dict[str, Any]:
+        return {
+            "Id": query_id,
+            "MetricStat": {
+                "Metric": {"Namespace": namespace, "MetricName": name, "Dimensions": dimensions},
+                "Period": cfg.alarm_period_s,
+                "Stat": stat,
+            },
+            "ReturnData": False,
+        }
+
+    return {
+        "AlarmName": alarm_name(cfg.stage, version),
+        "AlarmDescription": f"terminates the training instance of run {version} when it is idle and silent",
+        "Metrics": [
+            metric("cpu", "AWS/EC2", "CPUUtilization", "Average"),
+            metric("beats", HEARTBEAT_NAMESPACE, HEARTBEAT_METRIC, "Sum"),
+            {
+                "Id": "dead",
+                "Expression": f"IF(FILL(beats, 0) == 0 AND cpu < {cfg.alarm_cpu_threshold:g}, 1, 0)",
+                "ReturnData": True,
+            },
+        ],
+        "EvaluationPeriods": cfg.alarm_evaluation_periods,
+        "DatapointsToAlarm": cfg.alarm_evaluation_periods,
+        "Threshold": 1.0,
+        "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": [cfg.alarm_function_arn],
+    }
+
+
 def put_idle_alarm(cfg: LaunchSettings, version: str, instance_id: str, *, cloudwatch: Any = None) -> str:
-    """The backstop: terminate the instance after N periods of CPU below the threshold.
+    """The backstop (``idle_alarm_request``). A Lambda action needs no permission of the caller
+    beyond cloudwatch:PutMetricAlarm (only EC2 and Systems Manager actions need
+    iam:CreateServiceLinkedRole: PutMetricAlarm API reference); the function's resource policy
+    lets CloudWatch invoke it (infra/serverless.yml, TrainAlarmInvokePermission).
 
     No ``Tags``: nothing reads them (the name carries service, stage and version, and every
     call on the alarm goes by name), and with them PutMetricAlarm also needs
@@ -150,24 +215,10 @@ def put_idle_alarm(cfg: LaunchSettings, version: str, instance_id: str, *, cloud
     permission, and one more way for the alarm to fail after its instance started.
     """
     cloudwatch = cloudwatch or aws.client("cloudwatch")
-    name = alarm_name(cfg.stage, version)
-    cloudwatch.put_metric_alarm(
-        AlarmName=name,
-        AlarmDescription=f"terminates the idle training instance of run {version}",
-        Namespace="AWS/EC2",
-        MetricName="CPUUtilization",
-        Dimensions=[{"Name": "InstanceId", "Value": instance_id}],
-        Statistic="Average",
-        Period=cfg.alarm_period_s,
-        EvaluationPeriods=cfg.alarm_evaluation_periods,
-        DatapointsToAlarm=cfg.alarm_evaluation_periods,
-        Threshold=cfg.alarm_cpu_threshold,
-        ComparisonOperator="LessThanThreshold",
-        TreatMissingData="notBreaching",
-        AlarmActions=[f"arn:aws:automate:{cfg.region}:ec2:terminate"],
-    )
-    log.log("alarm_created", version=version, instance_id=instance_id, alarm=name)
-    return name
+    request = idle_alarm_request(cfg, version, instance_id)
+    cloudwatch.put_metric_alarm(**request)
+    log.log("alarm_created", version=version, instance_id=instance_id, alarm=request["AlarmName"])
+    return str(request["AlarmName"])
 
 
 def delete_alarm(cfg: LaunchSettings, version: str, *, cloudwatch: Any = None) -> None:

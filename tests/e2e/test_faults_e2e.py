@@ -236,6 +236,10 @@ CASES = {
             "error": "InternalError",
         },
     ),
+    "promote: the latest pointer cannot be written": (
+        "fault",
+        {"action": "dynamodb:TransactWriteItems", "error": "InternalServerError"},
+    ),
     "scan: spot interruption notice": ("spot", "scan"),
     "fit: spot interruption notice": ("spot", "fit"),
     "export: spot interruption notice": ("spot", "export"),

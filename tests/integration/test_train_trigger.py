@@ -20,6 +20,7 @@ from localcloud import infra
 from tests.conftest import subscribe_inbox
 
 PROFILE = "autoretrain-test-profile"
+TRAIN_ARN = "arn:aws:lambda:us-east-1:123456789012:function:autoretrain-test-train"
 
 
 @pytest.fixture
@@ -42,6 +43,7 @@ def cfg(stack: infra.Stack, monkeypatch: pytest.MonkeyPatch) -> train.TrainSetti
         "ALARM_PERIOD_S": "60",
         "ALARM_EVALUATION_PERIODS": "2",
         "ALARM_CPU_THRESHOLD": "5",
+        "TRAIN_FUNCTION_ARN": TRAIN_ARN,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -155,20 +157,46 @@ def test_launch_makes_exactly_these_ec2_and_cloudwatch_calls(cfg: train.TrainSet
     assert f"-e RUN_VERSION={version}" in user_data and "-e EPOCHS=5" in user_data
     [(name, alarm)] = cloudwatch.calls
     assert name == "put_metric_alarm"
+    dimensions = [{"Name": "InstanceId", "Value": "i-0abc"}]
     assert alarm == {
         "AlarmName": f"autoretrain-test-train-{version}",
-        "AlarmDescription": f"terminates the idle training instance of run {version}",
-        "Namespace": "AWS/EC2",
-        "MetricName": "CPUUtilization",
-        "Dimensions": [{"Name": "InstanceId", "Value": "i-0abc"}],
-        "Statistic": "Average",
-        "Period": 60,
+        "AlarmDescription": f"terminates the training instance of run {version} when it is idle and silent",
+        "Metrics": [
+            {
+                "Id": "cpu",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "AWS/EC2",
+                        "MetricName": "CPUUtilization",
+                        "Dimensions": dimensions,
+                    },
+                    "Period": 60,
+                    "Stat": "Average",
+                },
+                "ReturnData": False,
+            },
+            {
+                "Id": "beats",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "autoretrain/Trainer",
+                        "MetricName": "Heartbeat",
+                        "Dimensions": dimensions,
+                    },
+                    "Period": 60,
+                    "Stat": "Sum",
+                },
+                "ReturnData": False,
+            },
+            {"Id": "dead", "Expression": "IF(FILL(beats, 0) == 0 AND cpu < 5, 1, 0)", "ReturnData": True},
+        ],
         "EvaluationPeriods": 2,
         "DatapointsToAlarm": 2,
-        "Threshold": 5.0,
-        "ComparisonOperator": "LessThanThreshold",
+        "Threshold": 1.0,
+        "ComparisonOperator": "GreaterThanOrEqualToThreshold",
         "TreatMissingData": "notBreaching",
-        "AlarmActions": ["arn:aws:automate:us-east-1:ec2:terminate"],
+        # Metric math cannot perform EC2 actions: the train function terminates the instance.
+        "AlarmActions": [TRAIN_ARN],
     }
     run = registry.Registry(cfg.model_table).get_run(version)
     assert run["status"] == "training" and run["instance_id"] == "i-0abc" and run["market"] == "spot"
@@ -741,3 +769,77 @@ def test_train_handler_schedule_event_reads_the_lock_and_does_nothing_when_nothi
     assert event["detail-type"] == "Scheduled Event"
     assert train.handler(event) == {"tick": True, "launch": None}
     assert instances() == [] and lock.LockStore(cfg.model_table).read() == lock.LockState()
+
+
+# the idle alarm's Lambda action ---------------------------------------------------------------
+
+
+def alarm_event(name: str, instance_id: str, state: str = "ALARM", previous: str = "OK") -> dict[str, Any]:
+    """What CloudWatch sends a Lambda alarm action (CloudWatch User Guide, "Invoke a Lambda
+    function from an alarm"), for the idle alarm's metric math."""
+    metric = {"namespace": "AWS/EC2", "name": "CPUUtilization", "dimensions": {"InstanceId": instance_id}}
+    return {
+        "source": "aws.cloudwatch",
+        "alarmArn": f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{name}",
+        "accountId": "123456789012",
+        "time": "2026-01-01T00:00:00.000+0000",
+        "region": "us-east-1",
+        "alarmData": {
+            "alarmName": name,
+            "state": {"value": state, "reason": "test", "timestamp": "2026-01-01T00:00:00.000+0000"},
+            "previousState": {"value": previous, "reason": "", "timestamp": "2025-12-31T23:59:00.000+0000"},
+            "configuration": {
+                "metrics": [
+                    {
+                        "id": "cpu",
+                        "metricStat": {"metric": metric, "period": 60, "stat": "Average"},
+                        "returnData": False,
+                    },
+                    {
+                        "id": "dead",
+                        "expression": "IF(FILL(beats, 0) == 0 AND cpu < 5, 1, 0)",
+                        "returnData": True,
+                    },
+                ]
+            },
+        },
+    }
+
+
+def instance_states() -> dict[str, str]:
+    return {i["InstanceId"]: i["State"]["Name"] for i in instances()}
+
+
+def test_idle_alarm_terminates_the_holders_instance_and_its_end_interrupts_the_run(cfg) -> None:
+    held = running_run(cfg)
+    name, instance_id = f"autoretrain-test-train-{held.holder}", str(held.instance_id)
+    assert train.handler(alarm_event(name, instance_id)) == {
+        "alarm": name,
+        "state": "ALARM",
+        "terminated": instance_id,
+    }
+    assert instance_states()[instance_id] in launch.GONE
+    assert lock.LockStore(cfg.model_table).read() == held  # the instance's end event ends the run
+    assert train.handler(alarm_event(name, instance_id))["terminated"] is None  # a replay
+    train.handler(state_change(instance_id))
+    run = registry.Registry(cfg.model_table).get_run(str(held.holder))
+    assert (run["status"], run["failure_kind"]) == ("interrupted", "infrastructure")
+    assert lock.LockStore(cfg.model_table).read().holder is None and alarm_names() == []
+
+
+@pytest.mark.parametrize(
+    ("which", "state"),
+    [("other-run", "ALARM"), ("holder", "OK"), ("holder", "INSUFFICIENT_DATA"), ("other-instance", "ALARM")],
+)
+def test_idle_alarm_of_another_run_or_state_changes_nothing(cfg, which: str, state: str) -> None:
+    held = running_run(cfg)
+    name = f"autoretrain-test-train-{held.holder if which != 'other-run' else 'v20000101T000000Z-0000'}"
+    instance_id = "i-0notours" if which == "other-instance" else str(held.instance_id)
+    assert (
+        train.idle_alarm(
+            train.alarm_change(alarm_event(name, instance_id, state)), cfg, train.Clients.default()
+        )
+        is None
+    )
+    assert instance_states()[str(held.instance_id)] == "running"
+    assert lock.LockStore(cfg.model_table).read() == held

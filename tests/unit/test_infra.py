@@ -73,19 +73,15 @@ def train_role_allowing(action: str) -> list[dict[str, Any]]:
     return out
 
 
-def test_infra_train_role_creates_only_the_spot_and_alarm_service_linked_roles() -> None:
+def test_infra_train_role_creates_only_the_spot_service_linked_role() -> None:
     # Spot: the first spot request in an account creates AWSServiceRoleForEC2Spot with the
     # caller's permissions (EC2 User Guide, "Service-linked role for Spot Instance requests").
-    # Alarms: the first alarm with an EC2 action creates AWSServiceRoleForCloudWatchEvents
-    # (PutMetricAlarm API reference; CloudWatch User Guide, "Using service-linked roles").
+    # The idle alarm's action is a Lambda function, not EC2, so CloudWatch's role for EC2
+    # actions (AWSServiceRoleForCloudWatchEvents) is never created (PutMetricAlarm reference).
     granted = train_role_allowing("iam:CreateServiceLinkedRole")
     assert all(_as_list(s["Action"]) == ["iam:CreateServiceLinkedRole"] for s in granted)
     role = f"arn:aws:iam::{ACCOUNT}:role/aws-service-role"
     assert sorted((s["Resource"], s["Condition"]) for s in granted) == [
-        (
-            [f"{role}/events.amazonaws.com/AWSServiceRoleForCloudWatchEvents"],
-            {"StringEquals": {"iam:AWSServiceName": "events.amazonaws.com"}},
-        ),
         (
             [f"{role}/spot.amazonaws.com/AWSServiceRoleForEC2Spot"],
             {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}},
@@ -114,6 +110,7 @@ def test_infra_train_role_tags_alarms_only_if_the_alarm_request_carries_tags() -
         alarm_period_s=60,
         alarm_evaluation_periods=2,
         alarm_cpu_threshold=5.0,
+        alarm_function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:autoretrain-qa-train",
     )
     alarms = _Alarms()
     name = launch.put_idle_alarm(cfg, "v20261123T091432Z-1a2b", "i-0abc", cloudwatch=alarms)
