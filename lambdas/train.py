@@ -326,9 +326,18 @@ def instance_ended(
     held = store.read()
     version = held.holder
     ignored = {"instance_id": instance_id, "state": state, "holder": version}
-    if state not in ENDED_STATES or version is None or held.instance_id not in (None, instance_id):
+    if state not in ENDED_STATES or version is None:
         log.log("instance_event_ignored", **ignored)
         return None
+    if held.instance_id not in (None, instance_id):
+        # Another instance ended. If the holder's own instance is gone too and its end was
+        # never reported (an event lost, a local cloud restored after a crash), this is the
+        # moment to notice: EC2 no longer knows it, or it is terminated.
+        if launch.instance_state(str(held.instance_id), ec2=clients.ec2) not in (None, *launch.GONE):
+            log.log("instance_event_ignored", **ignored)
+            return None
+        log.warning("holder_instance_gone", version=version, instance_id=held.instance_id, seen=instance_id)
+        instance_id, state = str(held.instance_id), "terminated"
     try:
         run = registry.Registry(cfg.model_table, clients.ddb).get_run(version)
     except NotFound:

@@ -231,6 +231,9 @@ class Gate:
                         headers=[(k, v) for k, v in _headers(environ).items()],
                         body=body,
                         random_state=random_state,
+                        instance_ids=(
+                            persistence.instance_ids(b"".join(chunks)) if operation == "RunInstances" else ()
+                        ),
                     )
                 )
         return status, headers, chunks
@@ -405,8 +408,8 @@ def _run(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, st
     return str(captured["status"]), list(captured["headers"]), chunks
 
 
-def replay(app: WsgiApp, entry: persistence.Entry) -> str:
-    """Hand a journaled request to moto again (bypassing the gate); returns the status."""
+def replay(app: WsgiApp, entry: persistence.Entry) -> bytes:
+    """Hand a journaled request to moto again (bypassing the gate); returns the answer."""
     from werkzeug.test import EnvironBuilder
 
     headers = [(k.title(), v) for k, v in entry.headers if k != "content-length"]
@@ -414,10 +417,10 @@ def replay(app: WsgiApp, entry: persistence.Entry) -> str:
         path=entry.path, method=entry.method, query_string=entry.query, headers=headers, data=entry.body
     )
     try:
-        status, _, _ = _run(app, builder.get_environ())
+        _, _, chunks = _run(app, builder.get_environ())
     finally:
         builder.close()
-    return status
+    return b"".join(chunks)
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:

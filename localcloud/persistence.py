@@ -79,6 +79,9 @@ class Entry:
     # moto's random generator as the request found it: replayed from the same state, a
     # request generates the same identifiers (an instance id the lock and the run record name)
     random_state: Any = None
+    # Instance ids RunInstances answered: a replay that draws other ids (a read ran beside the
+    # launch and took from moto's random generator) gets the instances renamed to these.
+    instance_ids: tuple[str, ...] = ()
 
 
 def random_state() -> Any:
@@ -175,13 +178,21 @@ class Store:
 
     def restore(self, replay: Callable[[Entry], object]) -> None:
         """Load the snapshot (if any), replay the journal (if any), then compact both into a
+        new snapshot. ``replay`` hands one entry to moto, bypassing the gate, and returns the
+        answer's body."""
+        self._restore(replay)
+
+    def _restore(self, replay: Callable[[Entry], object]) -> None:
+        """Load the snapshot (if any), replay the journal (if any), then compact both into a
         new snapshot. ``replay`` hands one entry to moto, bypassing the gate."""
         if self.snapshot_path.exists():
             self._load(self.snapshot_path.read_bytes())
             self.restored_snapshot = True
         for entry in self._entries():
             set_random_state(entry.random_state)
-            replay(entry)
+            answer = replay(entry)
+            if entry.instance_ids and isinstance(answer, bytes):
+                rename_instances(instance_ids(answer), entry.instance_ids)
             self.restored_entries += 1
         self.snapshot()
 
@@ -281,6 +292,33 @@ def _backend_dicts_all() -> list[Any]:
         with contextlib.suppress(Exception):
             out.append(get_backend(service))  # type: ignore[arg-type]
     return out
+
+
+def instance_ids(run_instances_answer: bytes) -> tuple[str, ...]:
+    """The instance ids in an EC2 RunInstances answer (XML)."""
+    import re
+
+    return tuple(
+        dict.fromkeys(re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", run_instances_answer)).keys()
+    )
+
+
+def rename_instances(got: tuple[str, ...], wanted: tuple[str, ...]) -> None:
+    """Give replayed instances the ids their first run had (moto keeps instances in
+    reservations and their tags by resource id)."""
+    from moto.ec2.models import ec2_backends
+
+    for old, new in zip(got, wanted, strict=False):
+        if old == new:
+            continue
+        for accounts in ec2_backends.values():
+            for backend in accounts.values():
+                for reservation in backend.reservations.values():
+                    for instance in reservation.instances:
+                        if instance.id == old:
+                            instance.id = new
+                            if old in backend.tags:
+                                backend.tags[new] = backend.tags.pop(old)
 
 
 def clear(state_dir: Path) -> None:

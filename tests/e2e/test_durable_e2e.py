@@ -139,7 +139,7 @@ def test_a_crash_mid_run_loses_nothing_and_the_pipeline_carries_on(tmp_path: Pat
     run = wait(lambda: next(iter(registry.list_runs(limit=5)[0]), None), 60, "a run")
     version = run["version"]
     lock = LockStore(model_table, first.client("dynamodb"))
-    instance_id = wait(lambda: lock.read().instance_id, 60, "the run's instance")
+    wait(lambda: lock.read().instance_id, 60, "the run's instance")
     wait(lambda: first.client("cloudwatch").describe_alarms()["MetricAlarms"], 30, "the run's alarm")
 
     first.crash()
@@ -153,17 +153,16 @@ def test_a_crash_mid_run_loses_nothing_and_the_pipeline_carries_on(tmp_path: Pat
     # the run in flight is resolved: interrupted, its lock freed, its alarm gone, its instance dead
     wait(lambda: registry.get_run(version).get("status") == "interrupted", 60, "the run to end interrupted")
     lock = LockStore(model_table, ddb)
-    wait(lambda: lock.read().holder is None, 30, "the lock to be freed")
-    wait(lambda: not second.client("cloudwatch").describe_alarms()["MetricAlarms"], 30, "the alarm to go")
+    wait(lambda: lock.read().holder != version, 30, "the lock to be freed")
+    # no instance of the first life is still running (the restart terminated them; a journal
+    # replay may give a re-created instance another id than the first life's)
     ec2 = second.client("ec2")
-    described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-    assert described["State"]["Name"] in ("shutting-down", "terminated")
-    # nothing was launched again by accident
-    time.sleep(2)
-    assert [r["version"] for r in registry.list_runs(limit=5)[0]] == [version]
-
-    # new data leads to a new run
-    more = comfort.generate(240, 4, 0.05)
-    assert requests.post(f"{second.endpoints['api']}/upload", json=more, timeout=120).status_code == 200
-    wait(lambda: len(registry.list_runs(limit=5)[0]) == 2, 90, "a new run")
+    reply = ec2.describe_instances(Filters=[{"Name": "tag:run_version", "Values": [version]}])
+    states = [i["State"]["Name"] for r in reply["Reservations"] for i in r["Instances"]]
+    assert states and all(state in ("shutting-down", "terminated") for state in states)
+    # the pipeline carries on: the interrupted run (an infrastructure failure) is retried after
+    # the retry backoff with the same samples, and nothing else is launched
+    wait(lambda: len(registry.list_runs(limit=10)[0]) == 2, 120, "the retry")
+    time.sleep(3)
+    assert len(registry.list_runs(limit=10)[0]) == 2
     second.stop()

@@ -288,6 +288,12 @@ def test_a_trainer_failing_at_each_phase_loses_nothing_and_is_retried(
     failed = wait(first_outcome, 240, f"the run to end ({case})")
     stop.set()
     clear_faults(cloud)
+    if kind == "spot" and failed["status"] == "published":
+        # A notice gives two minutes; the trainer checks for one every few seconds, and a
+        # local fit or export can finish first: a complete model, published, is also right.
+        assert registry.latest_version() == failed["version"]
+        assert ids_in_table(cloud) >= posted
+        return
     assert failed["status"] in ("failed", "interrupted"), failed
     assert registry.latest_version() is None  # latest never moved to a partial model
     assert ids_in_table(cloud) >= posted  # every sample is still there

@@ -311,7 +311,8 @@ def test_localcloud_fires_the_traffic_schedule_and_samples_keep_arriving(
     make_cloud: Callable[..., LocalCloud],
 ) -> None:
     cloud = make_cloud(schedule_overrides={"traffic": {"rate": "rate(1 second)"}})
-    assert [s.function for s in cloud.scheduler.items] == ["traffic"]  # type: ignore[union-attr]
+    # the traffic schedule, and the train function's retry tick (lambdas/train.py)
+    assert sorted(s.function for s in cloud.scheduler.items) == ["traffic", "train"]  # type: ignore[union-attr]
     assert _wait_for(lambda: _count(cloud) > 0), "no traffic arrived"
     first = _count(cloud)
     assert _wait_for(lambda: _count(cloud) > first), "traffic stopped after the first firing"
@@ -321,10 +322,12 @@ def test_localcloud_fires_the_traffic_schedule_and_samples_keep_arriving(
 
 def test_scheduler_applies_the_local_overrides_of_serverless_yml() -> None:
     stack = infra.load(stage="local")
-    assert schedules(stack) == []  # traffic is disabled as deployed
-    local = schedules(stack, stack.custom["localCloud"]["schedules"])
-    assert [(s.function, s.name) for s in local] == [("traffic", "autoretrain-local-traffic")]
-    assert rate_seconds(local[0].expression) == 5
+    # as deployed: traffic disabled; the train function's retry tick every minute
+    assert [(s.function, s.expression) for s in schedules(stack)] == [("train", "rate(1 minute)")]
+    local = {s.function: s for s in schedules(stack, stack.custom["localCloud"]["schedules"])}
+    assert local["traffic"].name == "autoretrain-local-traffic"
+    assert rate_seconds(local["traffic"].expression) == 5
+    assert rate_seconds(local["train"].expression) == 2
 
 
 @pytest.mark.parametrize(

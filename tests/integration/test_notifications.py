@@ -57,7 +57,8 @@ def test_notification_for_a_failed_run(stack: Any, dynamodb: Any, s3: Any, inbox
     outcome = trainer_run.run(settings_for(stack, RUN_VERSION=version), ddb=dynamodb, s3=s3)
     assert outcome.status == "failed"
     (message,) = inbox()
-    assert set(message) == KEYS
+    assert set(message) == KEYS | {"failure_kind"}
+    assert message["failure_kind"] == "data"  # not enough data: not retried
     assert (message["type"], message["version"], message["status"]) == ("run_outcome", version, "failed")
     assert message["reason"] == "not enough data: 0 usable samples < MIN_SAMPLES 50"
     assert message["actor"] == "trainer"

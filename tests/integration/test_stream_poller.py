@@ -206,13 +206,14 @@ def test_stream_poller_refuses_unsupported_filters_at_start(
 def test_stream_poller_delivers_in_order_by_batch_size_then_after_the_window(cloud: Context, started) -> None:
     function = Function()
     started(function, batch_window_s=2)
-    ids = [f"s{n:03d}" for n in range(250)]
+    size = int(cloud.stack.function("train").events[0]["stream"]["batchSize"])  # serverless.yml's
+    ids = [f"s{n:05d}" for n in range(2 * size + 50)]
     write_samples(cloud, ids)
-    wait_for(lambda: len(function.delivered()) >= 250)
-    assert [len(b) for b in function.batches()] == [100, 100, 50]
+    wait_for(lambda: len(function.delivered()) >= len(ids))
+    assert [len(b) for b in function.batches()] == [size, size, 50]
     assert function.delivered() == ids
     sequence = [int(r["dynamodb"]["SequenceNumber"]) for _, records, _ in function.calls for r in records]
-    assert sequence == sorted(sequence) and len(set(sequence)) == 250
+    assert sequence == sorted(sequence) and len(set(sequence)) == len(ids)
     # the last 50 were read after the second batch went out, and waited for the window
     (_, _, second), (_, _, third) = function.calls[1], function.calls[2]
     assert third - second >= 2
