@@ -16,6 +16,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
+from lambdas.core.registry import Registry
 from localcloud.cloud import LocalCloud
 from tests.support import serverless
 
@@ -351,3 +352,19 @@ def test_an_expired_or_sigv2_presigned_url_is_refused_as_s3_refuses_it(make_clou
     assert "Signature=" in sigv2 and "X-Amz-Signature" not in sigv2
     refused = requests.get(sigv2, timeout=10)
     assert refused.status_code == 400 and b"InvalidRequest" in refused.content
+
+
+def test_the_registry_lists_history_and_a_missing_model_is_a_409_not_a_403(make_cloud) -> None:
+    """GET /models/history queries the by-kind index; promoting a run whose model.json is not in
+    the bucket is a 409 only because the registry's role may list the bucket (without
+    s3:ListBucket S3 answers the HeadObject with 403)."""
+    cloud = make_cloud()
+    registry = Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))
+    version = "v20261130T010101Z-abcd"
+    registry.create_run(version, sample_count=1)
+    registry.update_run(version, status="published")
+    history = requests.get(f"{cloud.api_url}/models/history", timeout=60)
+    assert history.status_code == 200, history.text
+    promoted = requests.post(f"{cloud.api_url}/models/{version}/promote", json={"reason": "t"}, timeout=60)
+    assert promoted.status_code == 409, promoted.text
+    assert "model.json" in promoted.json()["message"]
