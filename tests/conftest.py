@@ -79,6 +79,28 @@ def moto_server() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture
+def make_cloud(tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """Start local clouds (quiet, no drivers, no web page unless asked); all stopped after."""
+    from localcloud.cloud import LocalCloud
+    from tests.support.clouds import QUIET
+
+    started: list[LocalCloud] = []
+
+    def make(**kwargs: Any) -> LocalCloud:
+        kwargs.setdefault("schedule_overrides", QUIET)
+        kwargs.setdefault("drivers", ())
+        kwargs.setdefault("function_log", tmp_path / "functions.log")
+        kwargs.setdefault("web_dir", None)
+        cloud = LocalCloud(tmp_path / f"state{len(started)}", **kwargs)
+        started.append(cloud)
+        return cloud.start()
+
+    yield make
+    for cloud in started:
+        cloud.stop()
+
+
 def subscribe_inbox(topic_arn: str, name: str = "inbox") -> Callable[[], list[dict[str, Any]]]:
     """Subscribe a new SQS queue to an SNS topic (raw delivery); the function returned drains
     it and gives the JSON messages received so far, in order."""

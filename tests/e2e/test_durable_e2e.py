@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,12 @@ from lambdas.core.lock import LockStore
 from lambdas.core.registry import Registry
 from localcloud import infra
 from localcloud.cloud import LocalCloud, forget
+from tests.support.clouds import QUIET, wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = infra.ROOT
-QUIET = {"traffic": {"enabled": False}}
 # A trainer that stays busy (so the idle alarm leaves it alone) until it is killed.
 BUSY_TRAINER = f"{sys.executable} -c 'while True: pass'"
-
-
-def wait(condition: Callable[[], Any], seconds: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.3)
 
 
 def test_state_survives_a_clean_stop_and_fresh_starts_empty(tmp_path: Path) -> None:

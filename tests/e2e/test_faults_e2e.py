@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,37 +18,9 @@ import requests
 from lambdas.core import comfort
 from lambdas.core.registry import Registry
 from localcloud.cloud import LocalCloud
+from tests.support.clouds import wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-QUIET = {"traffic": {"enabled": False}}
-
-
-def wait(condition: Callable[[], Any], seconds: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
-@pytest.fixture
-def make_cloud(tmp_path: Path) -> Iterator[Callable[..., LocalCloud]]:
-    started: list[LocalCloud] = []
-
-    def make(**kwargs: Any) -> LocalCloud:
-        kwargs.setdefault("schedule_overrides", QUIET)
-        kwargs.setdefault("drivers", ())
-        kwargs.setdefault("function_log", tmp_path / "functions.log")
-        kwargs.setdefault("web_dir", None)
-        cloud = LocalCloud(tmp_path / f"state{len(started)}", **kwargs)
-        started.append(cloud)
-        return cloud.start()
-
-    yield make
-    for cloud in started:
-        cloud.stop()
 
 
 def inject(cloud: LocalCloud, **fault: Any) -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -22,25 +21,7 @@ from tests.support import serverless
 
 pytestmark = pytest.mark.slow
 
-QUIET = {"traffic": {"enabled": False}}
 SAMPLE = {"temp": 75, "rh": 60, "wind": 0.6, "clo": 1.0, "label": "ok"}
-
-
-@pytest.fixture
-def make_cloud(tmp_path: Path) -> Iterator[Callable[..., LocalCloud]]:
-    started: list[LocalCloud] = []
-
-    def make(**kwargs: Any) -> LocalCloud:
-        kwargs.setdefault("schedule_overrides", QUIET)
-        kwargs.setdefault("drivers", ())
-        kwargs.setdefault("function_log", tmp_path / "functions.log")
-        cloud = LocalCloud(tmp_path / f"state{len(started)}", **kwargs)
-        started.append(cloud)
-        return cloud.start()
-
-    yield make
-    for cloud in started:
-        cloud.stop()
 
 
 def as_role(cloud: LocalCloud, role: str, service: str) -> Any:
