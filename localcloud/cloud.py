@@ -265,7 +265,8 @@ class LocalCloud:
             }
         return self._credentials[role_logical_id]
 
-    def _role_client(self, service: str, role: str | None) -> Any:
+    def role_client(self, service: str, role: str | None) -> Any:
+        """A boto3 client acting with a role of the stack (its STS session)."""
         if role is None:
             raise LocalCloudError("a function without a role has no credentials")
         creds = self.role_credentials(role)
@@ -384,7 +385,7 @@ class LocalCloud:
         )
         aws.reset()
         self._logs = LogShipper(
-            client_for=lambda name: self._role_client("logs", self.stack.function(name).role),
+            client_for=lambda name: self.role_client("logs", self.stack.function(name).role),
             group_for=lambda name: f"/aws/lambda/{self.function_name(name)}",
             say=self.say,
         )

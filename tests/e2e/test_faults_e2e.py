@@ -229,25 +229,14 @@ def test_a_trainer_failing_at_each_phase_loses_nothing_and_is_retried(
     stop = threading.Event()
     if kind == "fault":
         inject(cloud, principal="*TrainInstanceRole", status=500, times=-1, **what)
-    elif kind == "kill":
-        watcher = threading.Thread(
-            target=_when_logged,
-            args=(cloud.state_dir, MARKERS[what], lambda _id: [p.kill() for p in _trainer_processes()], stop),
-            daemon=True,
-        )
-        watcher.start()
     else:
-        watcher = threading.Thread(
-            target=_when_logged,
-            args=(
-                cloud.state_dir,
-                MARKERS[what],
-                lambda instance_id: (cloud.state_dir / f"spot-notice-{instance_id}").touch(),
-                stop,
-            ),
-            daemon=True,
+        act: Callable[[str], Any] = (
+            (lambda _id: [p.kill() for p in _trainer_processes()])
+            if kind == "kill"
+            else (lambda instance_id: (cloud.state_dir / f"spot-notice-{instance_id}").touch())
         )
-        watcher.start()
+        args = (cloud.state_dir, MARKERS[what], act, stop)
+        threading.Thread(target=_when_logged, args=args, daemon=True).start()
     samples = comfort.generate(240, 11, 0.05)
     posted = set(requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120).json()["ids"])
     registry = Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))

@@ -25,15 +25,7 @@ SAMPLE = {"temp": 75, "rh": 60, "wind": 0.6, "clo": 1.0, "label": "ok"}
 
 
 def as_role(cloud: LocalCloud, role: str, service: str) -> Any:
-    creds = cloud.role_credentials(role)
-    return boto3.client(
-        service,  # type: ignore[call-overload]
-        endpoint_url=cloud.aws_url,
-        region_name=cloud.region,
-        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=creds["AWS_SESSION_TOKEN"],
-    )
+    return cloud.role_client(service, role)
 
 
 def count(cloud: LocalCloud, logical: str) -> int:
