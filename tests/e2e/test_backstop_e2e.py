@@ -16,6 +16,7 @@ import pytest
 
 from lambdas.core import registry
 from localcloud.cloud import LocalCloud
+from tests.support.clouds import narrator, print_function_log
 from tests.support.retrain import BATCH, driver, instances, runs, upload, wait_for
 
 PERIOD_S, PERIODS = 3, 2
@@ -43,10 +44,11 @@ def cloud(tmp_path: Path) -> Iterator[LocalCloud]:
         schedule_overrides={"traffic": {"enabled": False}},
         function_log=tmp_path / "functions.log",
         web_dir=None,
-        say=lambda line: None,
+        say=narrator(),
     )
     with local:
         yield local
+    print_function_log(tmp_path / "functions.log")
 
 
 def launched(cloud: LocalCloud) -> dict[str, object]:

@@ -18,6 +18,7 @@ import pytest
 
 from lambdas.core import registry
 from localcloud.cloud import LocalCloud
+from tests.support.clouds import narrator, print_function_log
 from tests.support.retrain import BATCH, finished_run, lock_state, runs, settled, upload, wait_for
 
 TRAINER = "import os, sys\nos.execv(sys.executable, [sys.executable, '-m', 'trainer'])\n"
@@ -32,10 +33,11 @@ def cloud(tmp_path: Path) -> Iterator[LocalCloud]:
         environment={"ALARM_CPU_THRESHOLD": "0"},
         function_log=tmp_path / "functions.log",
         web_dir=None,
-        say=lambda _: None,
+        say=narrator(),
     )
     with local:
         yield local
+    print_function_log(tmp_path / "functions.log")
 
 
 def trainer_after(prelude: str) -> str:

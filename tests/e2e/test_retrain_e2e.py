@@ -22,6 +22,7 @@ import requests
 from lambdas.core import registry
 from localcloud.cloud import LocalCloud
 from scripts import demo
+from tests.support.clouds import narrator, print_function_log
 from tests.support.retrain import (
     BATCH,
     alarms,
@@ -45,11 +46,12 @@ def cloud(tmp_path: Path) -> Iterator[LocalCloud]:
         schedule_overrides={"traffic": {"enabled": False}},
         function_log=tmp_path / "functions.log",
         web_dir=None,
-        say=said.append,
+        say=narrator(said),
     )
     with local:
         local.said = said  # type: ignore[attr-defined]
         yield local
+    print_function_log(tmp_path / "functions.log")
     assert not (tmp_path / "state" / "endpoints.json").exists()
 
 
@@ -181,7 +183,8 @@ def test_retrain_e2e_data_pending_when_the_instance_dies_starts_the_next_run(
         "a run with an instance", lambda: next((r for r in runs(cloud).values() if "instance_id" in r), None)
     )
     upload(cloud, BATCH, seed=6)
-    wait_for("the new samples to be pending", lambda: lock_state(cloud).pending >= 200)
+    # The run's own samples are pending too (until it ends): wait for the ones that came after it.
+    wait_for("the new samples to be pending", lambda: (s := lock_state(cloud)).fresh(s.launch_ms) >= 200)
     assert set(runs(cloud)) == {hung["version"]} and lock_state(cloud).holder == hung["version"]
     monkeypatch.delenv("LOCALCLOUD_TRAINER_CMD")  # the next instance runs the real trainer
     go_idle.touch()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # Synthetic traffic off, so each test knows its data.
@@ -19,3 +21,31 @@ def wait(condition: Callable[[], Any], seconds: float = 60, what: str = "") -> A
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
         time.sleep(0.3)
+
+
+def narrator(said: list[str] | None = None) -> Callable[[str], None]:
+    """A ``say`` for a local cloud under test: every line is printed (pytest shows it only for a
+    failed test, so a run that stalls in CI tells its story) and kept in ``said``."""
+
+    def say(line: str) -> None:
+        if said is not None:
+            said.append(line)
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+    return say
+
+
+def print_function_log(path: Path, lines: int = 120) -> None:
+    """The last ``lines`` records the functions logged above DEBUG, for a failed test's report."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            level = json.loads(line).get("level") if line.startswith("{") else None
+        except ValueError:
+            level = None
+        if level != "DEBUG":
+            kept.append(line[:600])
+    print(f"--- last {min(lines, len(kept))} lines of {path.name} ---")
+    print("\n".join(kept[-lines:]))
