@@ -20,7 +20,9 @@ infrastructure failure: retried). An alarm of any other run, another state or a 
 changes nothing.
 
 A fifth, a schedule (every minute), re-evaluates the lock with one read and steps only when a
-retry has come due (or the lock expired): a retry needs no new event.
+retry has come due (or the lock expired): a retry needs no new event. While a run is in flight it
+also looks at the run's instance: an instance that ended without its state-change event being
+handled (lost, failed) ends its run at the next tick, as that event would have.
 
 After any of them, a run starts if the lock is free (or expired), enough new samples are pending
 and the minimum interval has passed (and a retry's backoff, unless enough fresh data came).
@@ -664,10 +666,27 @@ SCHEDULED_EVENT = "Scheduled Event"
 
 def tick(cfg: TrainSettings, clients: Clients, now: float | None = None) -> Decision | None:
     """The schedule: one read of the lock; a step only when it would do something (a retry
-    came due, the lock expired). None when nothing was due."""
+    came due, the lock expired). None when nothing was due.
+
+    While a run is in flight it also asks EC2 for the state of the run's instance (one
+    DescribeInstances a minute): if the instance has ended, this is its state-change event,
+    which may have been lost (EventBridge gives up on a target after its retries) or not yet
+    delivered - ``instance_ended`` tells a finished run from a dead one, and a second end
+    changes nothing. A lost event then costs a minute, not the lock's expiry."""
     now = time.time() if now is None else now
     store = lock.LockStore(cfg.model_table, clients.ddb)
-    if not lock.due(store.read(), now, min_new=cfg.min_new_samples, min_interval_s=cfg.min_interval_s):
+    state = store.read()
+    if state.held(now) and state.instance_id:
+        instance_state = launch.instance_state(state.instance_id, ec2=clients.ec2)
+        if instance_state in ENDED_STATES:
+            log.warning(
+                "instance_end_noticed",
+                version=state.holder,
+                instance_id=state.instance_id,
+                state=instance_state,
+            )
+            return instance_ended(state.instance_id, instance_state, cfg, clients, now)
+    if not lock.due(state, now, min_new=cfg.min_new_samples, min_interval_s=cfg.min_interval_s):
         return None
     return advance(cfg, clients, store, now, samples=[], finished=[], dead=None, event="train_tick")
 

@@ -10,7 +10,8 @@ period would flap the state. A transition to ALARM carries out the alarm's actio
 <name>``, which invokes the function with the event CloudWatch sends (CloudWatch User Guide,
 "Invoke a Lambda function from an alarm": ``source: aws.cloudwatch``, ``alarmArn``,
 ``alarmData`` with ``alarmName``, ``state``, ``previousState``, ``configuration``), once per
-change into ALARM. As in AWS the invocation is asynchronous: a failure is printed, not raised;
+change into ALARM. As in AWS the invocation is asynchronous: a failed one is retried twice
+(``Context.invoke_async``), then printed, not raised;
 and it happens only when the function's resource policy lets
 ``lambda.alarms.cloudwatch.amazonaws.com`` invoke it for this alarm (an
 ``AWS::Lambda::Permission`` of serverless.yml; AWS does not invoke "when CloudWatch is not
@@ -513,10 +514,7 @@ class AlarmEvaluator:
             return
         self.invoked.append((name, function))
         self.ctx.say(f"alarm {name}: invoking {function}")
-        try:
-            self.ctx.invoke(function, event)
-        except Exception as err:  # noqa: BLE001 - asynchronous in AWS: Lambda retries, we report
-            self.ctx.say(f"alarm {name}: {function} failed: {err!r}")
+        if not self.ctx.invoke_async(function, event, f"alarm {name}"):
             return
         # The invocation is synchronous here: what it did to the alarm's instance shows now.
         for instance_id in _instance_ids(alarm):

@@ -3,6 +3,7 @@ runner, alarm evaluator): the core builds one ``Context`` and starts each ``Driv
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,27 @@ class Context:
     role_credentials: Callable[[str], dict[str, str]] | None = None
     # The state outlives the process (``make local``): drivers keep their positions too.
     durable: bool = False
+
+    def invoke_async(self, function: str, event: dict[str, Any], what: str) -> bool:
+        """Invoke ``function`` as an asynchronous source does (EventBridge, a CloudWatch alarm
+        action): a function error is retried twice, after 1 and then 2 minutes in AWS ("How
+        Lambda handles errors and retries with asynchronous invocation",
+        https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html), after
+        ``asyncInvoke.retryDelaysSeconds`` here. Each failure is said; after the last the event
+        is dropped, as Lambda drops it without a dead-letter queue. True if an attempt succeeded."""
+        delays = [
+            float(d) for d in (self.settings.get("asyncInvoke") or {}).get("retryDelaysSeconds", [60, 120])
+        ]
+        for attempt, delay in enumerate([*delays, None], start=1):
+            try:
+                self.invoke(function, event)
+                return True
+            except Exception as err:  # noqa: BLE001 - reported; Lambda retries, then drops the event
+                then = f"retried in {delay:g} s" if delay is not None else "dropped"
+                self.say(f"{what}: {function} failed (attempt {attempt}): {err!r}; {then}")
+            if delay is not None:
+                time.sleep(delay)
+        return False
 
     def client(self, service: str) -> Any:
         """An administrator's client: what AWS itself does (deliver events, run instances)."""

@@ -444,10 +444,7 @@ class InstanceRunner:
             if not matches(pattern, event):
                 continue
             self.events_sent.append((function, instance_id, state))
-            try:
-                self.ctx.invoke(function, event)
-            except Exception as err:  # noqa: BLE001 - Lambda would retry; the driver goes on
-                self.ctx.say(f"instances: {function} failed on {instance_id} {state}: {err!r}")
+            self.ctx.invoke_async(function, event, f"instances: {instance_id} {state}")
 
     def _publish(self, instance_id: str, cpu: float) -> None:
         try:

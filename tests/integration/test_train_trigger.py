@@ -764,6 +764,42 @@ def test_retry_instance_died_without_a_record_is_an_infrastructure_failure(cfg, 
     assert lock.LockStore(cfg.model_table).read().pending_ids == ("a", "b", "c")
 
 
+def test_tick_ends_the_run_of_an_instance_whose_state_change_event_was_lost(cfg, inbox) -> None:
+    cfg, read = inbox
+    held = running_run(cfg)
+    clients = train.Clients.default()
+    assert train.tick(cfg, clients) is None  # the instance runs: nothing to do
+    assert lock.LockStore(cfg.model_table).read() == held
+    train.process(batch(cfg, ["d", "e", "f"], 10)["Records"], cfg, clients)
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(held.instance_id)])  # its event lost
+    decision = train.tick(cfg, clients)
+    assert decision is not None and decision.launch and decision.stale is not None
+    assert decision.stale.holder == held.holder
+    run = registry.Registry(cfg.model_table).get_run(str(held.holder))
+    assert (run["status"], run["failure_kind"]) == ("interrupted", "infrastructure")
+    assert [m["status"] for m in read()] == ["interrupted"]
+    # The event arrives after all: it is another instance's now, and the run ended once.
+    after = lock.LockStore(cfg.model_table).read()
+    assert train.instance_ended(str(held.instance_id), "terminated", cfg, clients) is None
+    assert lock.LockStore(cfg.model_table).read() == after and read() == []
+
+
+def test_tick_after_a_finished_run_ends_it_as_the_model_stream_would(cfg) -> None:
+    held = running_run(cfg)
+    clients = train.Clients.default()
+    scanned = int(time.time() * 1000) + 60_000  # after every pending sample, margin included
+    registry.Registry(cfg.model_table).update_run(
+        str(held.holder), status="published", scan_started_ms=scanned
+    )
+    boto3.client("ec2").terminate_instances(InstanceIds=[str(held.instance_id)])  # its own shutdown
+    decision = train.tick(cfg, clients)
+    assert decision is not None and decision.stale is None and decision.retries == ()
+    state = lock.LockStore(cfg.model_table).read()
+    assert state.holder is None and state.failures == 0 and state.pending == 0
+    assert registry.Registry(cfg.model_table).get_run(str(held.holder))["status"] == "published"
+    assert alarm_names() == []
+
+
 def test_train_handler_schedule_event_reads_the_lock_and_does_nothing_when_nothing_is_due(cfg) -> None:
     event = json.loads((EVENTS / "traffic_schedule.json").read_text())
     assert event["detail-type"] == "Scheduled Event"
