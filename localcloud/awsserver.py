@@ -3,7 +3,9 @@
 ``python -m localcloud.awsserver --port 0`` binds, prints ``listening on http://HOST:PORT``
 and serves until SIGTERM or SIGINT. Its own process means its own interpreter and GIL: the
 functions, the drivers and the API front no longer queue behind moto's request handling.
-``AwsServer`` starts and stops it from the local cloud.
+``AwsServer`` starts and stops it from the local cloud. DynamoDB Scan is served by
+``fastscan`` (a page costs the page, not the table; same answers as moto) unless
+``--moto-scan`` asks for moto's own, for comparisons.
 """
 
 from __future__ import annotations
@@ -30,12 +32,20 @@ READY = "listening on "
 
 
 def make_app(
-    *, account: str, region: str, record: Path | None, store: persistence.Store | None = None
+    *,
+    account: str,
+    region: str,
+    record: Path | None,
+    store: persistence.Store | None = None,
+    moto_scan: bool = False,
 ) -> Any:
     from moto.server import DomainDispatcherApplication, create_backend_app
 
+    from localcloud import fastscan
     from localcloud.gate import Gate, replay
 
+    if not moto_scan:
+        fastscan.install()  # before the journal is replayed: its puts and deletes are seen
     moto_app = DomainDispatcherApplication(create_backend_app)
     if store is not None:
         store.restore(lambda entry: replay(moto_app, entry))
@@ -51,6 +61,7 @@ def serve(
     record: Path | None,
     state_dir: Path | None = None,
     snapshot_every_s: float = SNAPSHOT_EVERY_S,
+    moto_scan: bool = False,
 ) -> None:
     from moto.server import MotoRequestHandler
     from werkzeug.serving import ThreadedWSGIServer
@@ -62,7 +73,7 @@ def serve(
         daemon_threads = True
 
     store = persistence.Store(state_dir) if state_dir is not None else None
-    app = make_app(account=account, region=region, record=record, store=store)
+    app = make_app(account=account, region=region, record=record, store=store, moto_scan=moto_scan)
     if store is not None:
         print(
             f"state: {'restored' if store.restored_snapshot else 'new'} in {state_dir}"
@@ -119,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="keep the state here (snapshot and journal); none: memory only",
     )
+    parser.add_argument(
+        "--moto-scan",
+        action="store_true",
+        help="serve DynamoDB Scan with moto's own code (a page costs the whole table): for comparisons",
+    )
     args = parser.parse_args(argv)
     serve(
         args.host,
@@ -127,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         region=args.region,
         record=args.record,
         state_dir=args.state_dir,
+        moto_scan=args.moto_scan,
     )
     return 0
 
@@ -143,12 +160,15 @@ class AwsServer:
         record: Path | None = None,
         log_path: Path | None = None,
         state_dir: Path | None = None,
+        moto_scan: bool = False,
     ) -> None:
         self._args = ["--host", host, "--port", str(port), "--region", region]
         if record is not None:
             self._args += ["--record", str(record)]
         if state_dir is not None:
             self._args += ["--state-dir", str(state_dir)]
+        if moto_scan:
+            self._args.append("--moto-scan")
         self._log_path = log_path
         self._process: subprocess.Popen[str] | None = None
         self.url = ""
