@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test test-fast lint demo local bench bench-load models web lock clean
+.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh models web lock clean
 
 help:
 	@echo "make demo   - run the whole retraining loop on the local cloud, then stop"
@@ -23,6 +23,8 @@ help:
 	@echo "make local  - keep the local cloud running in the foreground (Ctrl-C stops it)"
 	@echo "make bench  - the prediction benchmark (figures, not assertions)"
 	@echo "make bench-load - bursts of 50-200 clients and 100,000 samples flowing (figures)"
+	@echo "make bench-train - a retrain at 1k-1M samples, old trainer vs new: time, memory, accuracy"
+	@echo "make bench-fresh - 100,000 samples posted, one retrain: from POST to /infer, by phase"
 	@echo "make lint   - ruff and mypy"
 	@echo "make models - print the model table of the running local cloud (or AWS)"
 	@echo "make web    - build/web: the page as static files (API=https://... names the API)"
@@ -71,6 +73,12 @@ bench: install
 
 bench-load: install
 	$(PY) -m scripts.bench_load
+
+bench-train: install
+	$(PY) -m scripts.bench_train $(ARGS)
+
+bench-fresh: install
+	$(PY) -m scripts.bench_fresh $(ARGS)
 
 models: $(STAMP)
 	$(PY) -m scripts.models

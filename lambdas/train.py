@@ -511,6 +511,8 @@ def trainer_environment(version: str, cfg: TrainSettings) -> dict[str, str]:
         "MODEL_PREFIX": cfg.model_prefix,
         # The trainer beats three times per alarm period (trainer/heartbeat.py).
         "HEARTBEAT_PERIOD_S": str(cfg.launch.alarm_period_s),
+        # The trainer fits within what is left of it (trainer/run.py, fit_budget_s).
+        "TRAIN_TIME_LIMIT_S": str(cfg.time_limit_s),
         **({"API_URL": cfg.api_url} if cfg.api_url else {}),
         **({"NOTIFY_TOPIC_ARN": cfg.notify_topic_arn} if cfg.notify_topic_arn else {}),
         **cfg.trainer_settings,

@@ -18,14 +18,23 @@ ACTIVATIONS = ("relu", "tanh", "elu", "selu", "sigmoid")
 
 @dataclass(frozen=True)
 class HyperParameters:
+    """The fit's settings. Its cost is bounded, whatever the table's size (trainer/README.md,
+    "Scaling"): at most ``step_budget`` gradient steps and ``fit_budget_s`` seconds. ``batch_size``
+    None: chosen for the data (32 up to about 10,000 training samples, then growing with the
+    data up to MAX_BATCH), the learning rate scaled with it."""
+
     epochs: int = 100
-    batch_size: int = 32
+    batch_size: int | None = None
     learning_rate: float = 0.003
     hidden_units: tuple[int, ...] = (32, 16)
     activation: str = "tanh"
     patience: int = 20
     validation_fraction: float = 0.15
     seed: int = 42
+    step_budget: int = 20_000
+    fit_budget_s: float = 900.0
+    # Validation is evaluated after every epoch: past this many samples it only costs time.
+    validation_max: int = 20_000
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -45,7 +54,7 @@ class Settings:
     holdout_percent: int = 10
     gate_tolerance: float = 0.01
     gate_min_accuracy: float = 0.6
-    scan_segments: int = 4
+    scan_segments: int | None = None  # None: chosen from the table's size (trainer.data)
     imds_endpoint: str = "http://169.254.169.254"
     imds_timeout: float = 1.0
     spot_poll_seconds: float = 5.0
@@ -53,6 +62,9 @@ class Settings:
     # The idle alarm's period (trainer/heartbeat.py beats three times per period); 0 turns the
     # heartbeat off (a laptop run has no instance to keep alive).
     heartbeat_period_s: float = 0.0
+    # The instance's limit on the trainer's container (the user-data's `timeout`): the fit's
+    # time budget ends early enough for the rest of the run (trainer.run.PUBLISH_RESERVE_S). 0: none.
+    time_limit_s: float = 0.0
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> Settings:
@@ -78,25 +90,36 @@ class Settings:
             run_version=run_version,
             hyper=HyperParameters(
                 epochs=settings.integer(env, "EPOCHS", 100, minimum=1),
-                batch_size=settings.integer(env, "BATCH_SIZE", 32, minimum=1),
+                batch_size=_auto_int(env, "BATCH_SIZE"),
                 learning_rate=settings.number(env, "LEARNING_RATE", 0.003, minimum=1e-6),
                 hidden_units=_units(settings.optional(env, "HIDDEN_UNITS", "32,16")),
                 activation=activation,
                 patience=settings.integer(env, "PATIENCE", 20, minimum=1),
                 validation_fraction=validation_fraction,
                 seed=settings.integer(env, "SEED", 42, minimum=0),
+                step_budget=settings.integer(env, "STEP_BUDGET", 20_000, minimum=1),
+                fit_budget_s=settings.number(env, "FIT_BUDGET_S", 900.0, minimum=1.0),
+                validation_max=settings.integer(env, "VALIDATION_MAX", 20_000, minimum=1),
             ),
             min_samples=settings.integer(env, "MIN_SAMPLES", 200, minimum=20),
             holdout_percent=holdout_percent,
             gate_tolerance=settings.number(env, "GATE_TOLERANCE", 0.01, minimum=0.0),
             gate_min_accuracy=settings.number(env, "GATE_MIN_ACCURACY", 0.6, minimum=0.0),
-            scan_segments=settings.integer(env, "SCAN_SEGMENTS", 4, minimum=1),
+            scan_segments=_auto_int(env, "SCAN_SEGMENTS"),
             imds_endpoint=settings.optional(env, "IMDS_ENDPOINT", "http://169.254.169.254").rstrip("/"),
             imds_timeout=settings.number(env, "IMDS_TIMEOUT", 1.0, minimum=0.05),
             spot_poll_seconds=settings.number(env, "SPOT_POLL_SECONDS", 5.0, minimum=0.05),
             code_version=settings.optional(env, "CODE_VERSION", "unknown"),
             heartbeat_period_s=settings.number(env, "HEARTBEAT_PERIOD_S", 0.0, minimum=0.0),
+            time_limit_s=settings.number(env, "TRAIN_TIME_LIMIT_S", 0.0, minimum=0.0),
         )
+
+
+def _auto_int(env: settings.Env, name: str) -> int | None:
+    """A positive integer, or None for "auto" (the default)."""
+    if settings.optional(env, name, "auto").strip().lower() == "auto":
+        return None
+    return settings.integer(env, name, 1, minimum=1)
 
 
 def _units(raw: str) -> tuple[int, ...]:

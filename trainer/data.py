@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,12 +50,70 @@ class Split:
     holdout: Samples
 
 
-def scan(table: str, client: Any, segments: int = 4) -> list[dict[str, Any]]:
-    """Every item of ``table`` (raw DynamoDB attribute maps), read by ``segments`` threads."""
+# Parallel scan: one segment per BYTES_PER_SEGMENT of table (DescribeTable's TableSizeBytes),
+# within [MIN_SEGMENTS, MAX_SEGMENTS]. A segment reads its pages (1 MB at most: Scan API
+# reference) one after another, so segments are what makes a large scan fast; the decode is
+# Python (one core at a time), so more threads than MAX_SEGMENTS stop helping. The size is
+# updated only about every six hours (DescribeTable) and is 0 on a new table (and always on
+# moto), hence the floor. AWS's own rule of thumb, one segment per 2 GB (DynamoDB Developer
+# Guide, "Parallel scan"), aims at throughput on tables of 20 GB and more; this one at the time
+# of a run over a few GB at most. See trainer/README.md, "Scaling".
+BYTES_PER_SEGMENT = 128 * 1024 * 1024
+MIN_SEGMENTS = 4
+MAX_SEGMENTS = 16
+
+
+def segments_for(table_bytes: int | None, configured: int | None = None) -> int:
+    """``configured`` if set; else one segment per BYTES_PER_SEGMENT, MIN_SEGMENTS to
+    MAX_SEGMENTS (MIN_SEGMENTS when the size is unknown)."""
+    if configured:
+        return configured
+    wanted = math.ceil((table_bytes or 0) / BYTES_PER_SEGMENT)
+    return max(MIN_SEGMENTS, min(MAX_SEGMENTS, wanted))
+
+
+def table_bytes(table: str, client: Any) -> int | None:
+    """DescribeTable's TableSizeBytes (updated about every six hours: DynamoDB API reference,
+    TableDescription): an estimate, which is all the segment count needs. None if unknown."""
+    try:
+        size = client.describe_table(TableName=table)["Table"].get("TableSizeBytes")
+    except Exception as err:  # noqa: BLE001 - the scan works without it, with the default segments
+        log.warning("table_size_unknown", table=table, error=f"{type(err).__name__}: {err}")
+        return None
+    return None if size is None else int(size)
+
+
+class _Columns:
+    """Decoded samples of one segment, as compact arrays: each page is decoded and dropped, so
+    no item dictionaries outlive their page."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.x = array("f")
+        self.y = array("b")
+        self.created = array("q")
+        self.skipped = 0
+
+    def add(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            row = _row(item)
+            if row is None:
+                self.skipped += 1
+                continue
+            sample_id, features, label, created = row
+            self.ids.append(sample_id)
+            self.x.extend(features)
+            self.y.append(label)
+            self.created.append(created)
+
+
+def scan(table: str, client: Any, segments: int = 4, on_page: Callable[[int], None] | None = None) -> Samples:
+    """Every usable sample of ``table``, read by ``segments`` threads, decoded page by page.
+    ``on_page(items)`` is called after each page (progress; it must be thread-safe)."""
     names = {f"#a{i}": name for i, name in enumerate(_FIELDS)}
 
-    def read_segment(segment: int) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+    def read_segment(segment: int) -> _Columns:
+        columns = _Columns()
         kwargs: dict[str, Any] = {
             "TableName": table,
             "Segment": segment,
@@ -69,14 +129,35 @@ def scan(table: str, client: Any, segments: int = 4) -> list[dict[str, Any]]:
         }
         while True:
             page = client.scan(**kwargs)
-            items.extend(page.get("Items", []))
+            items = page.get("Items", [])
+            columns.add(items)
+            if on_page is not None:
+                on_page(len(items))
             last = page.get("LastEvaluatedKey")
             if not last:
-                return items
+                return columns
             kwargs["ExclusiveStartKey"] = last
 
     with ThreadPoolExecutor(max_workers=segments) as pool:
-        return [item for part in pool.map(read_segment, range(segments)) for item in part]
+        parts = list(pool.map(read_segment, range(segments)))
+    return _join(parts)
+
+
+def _join(parts: list[_Columns]) -> Samples:
+    """One ``Samples`` sorted by id, so the result does not depend on scan order."""
+    ids = [sample_id for part in parts for sample_id in part.ids]
+    n = len(FEATURE_NAMES)
+    x = np.concatenate([np.frombuffer(part.x, dtype=np.float32) for part in parts]).reshape(-1, n)
+    y = np.concatenate([np.frombuffer(part.y, dtype=np.int8) for part in parts]).astype(np.int64)
+    created = np.concatenate([np.frombuffer(part.created, dtype=np.int64) for part in parts])
+    skipped = sum(part.skipped for part in parts)
+    if skipped:
+        log.warning("samples_skipped", count=skipped)
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    index = np.asarray(order, dtype=np.int64)
+    return Samples(
+        ids=[ids[i] for i in order], x=x[index], y=y[index], created=created[index], skipped=skipped
+    )
 
 
 def to_samples(items: list[dict[str, Any]]) -> Samples:
@@ -85,25 +166,9 @@ def to_samples(items: list[dict[str, Any]]) -> Samples:
     Items that are not usable samples (a missing field, an unknown label, a non-finite
     number) are counted and left out rather than failing the run.
     """
-    rows: list[tuple[str, list[float], int, int]] = []
-    skipped = 0
-    for item in items:
-        row = _row(item)
-        if row is None:
-            skipped += 1
-        else:
-            rows.append(row)
-    rows.sort(key=lambda r: r[0])
-    if skipped:
-        log.warning("samples_skipped", count=skipped)
-    n = len(FEATURE_NAMES)
-    return Samples(
-        ids=[r[0] for r in rows],
-        x=np.array([r[1] for r in rows], dtype=np.float32).reshape(-1, n),
-        y=np.array([r[2] for r in rows], dtype=np.int64),
-        created=np.array([r[3] for r in rows], dtype=np.int64),
-        skipped=skipped,
-    )
+    columns = _Columns()
+    columns.add(items)
+    return _join([columns])
 
 
 def _row(item: dict[str, Any]) -> tuple[str, list[float], int, int] | None:
@@ -119,8 +184,8 @@ def _row(item: dict[str, Any]) -> tuple[str, list[float], int, int] | None:
     return sample_id, features, label, created
 
 
-def load(table: str, client: Any, segments: int = 4) -> Samples:
-    return to_samples(scan(table, client, segments))
+def load(table: str, client: Any, segments: int = 4, on_page: Callable[[int], None] | None = None) -> Samples:
+    return scan(table, client, segments, on_page)
 
 
 def in_holdout(sample_id: str, percent: int) -> bool:

@@ -9,8 +9,11 @@ folded into the first Dense layer's kernel and bias. Its input is the raw featur
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -28,8 +31,53 @@ N_FEATURES = len(FEATURE_NAMES)
 N_CLASSES = len(LABELS)
 
 
-def build_model(mean: np.ndarray, variance: np.ndarray, hyper: HyperParameters) -> keras.Model:
-    """A compiled classifier whose first layer normalises raw inputs with ``mean``/``variance``."""
+# The automatic batch size: 32 while an epoch is at most STEPS_PER_EPOCH steps of it, then
+# doubled until it is (or MAX_BATCH is reached). Past that size the work per run is flat.
+MIN_BATCH = 32
+MAX_BATCH = 1024
+STEPS_PER_EPOCH = 300
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """How a fit spends its budget: ``epochs`` of ``steps_per_epoch`` steps of ``batch_size``,
+    Adam from ``learning_rate`` decaying (cosine) to a tenth over the planned steps."""
+
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    learning_rate: float
+
+    @property
+    def steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "learning_rate": round(self.learning_rate, 6), "steps": self.steps}
+
+
+def plan_fit(n_train: int, hyper: HyperParameters) -> FitPlan:
+    """The fit for ``n_train`` samples within ``hyper.step_budget`` steps. An automatic batch
+    grows with the data (a bigger batch costs little more per step on a CPU, for this network,
+    and averages more samples per step); the learning rate grows with its square root, the usual
+    rule for Adam, so fewer, larger steps still cover the same ground."""
+    if hyper.batch_size:
+        batch, rate = hyper.batch_size, hyper.learning_rate
+    else:
+        batch = MIN_BATCH
+        while batch < MAX_BATCH and n_train > batch * STEPS_PER_EPOCH:
+            batch *= 2
+        rate = hyper.learning_rate * math.sqrt(batch / MIN_BATCH)
+    steps = max(1, math.ceil(n_train / batch))
+    epochs = max(1, min(hyper.epochs, hyper.step_budget // steps))
+    return FitPlan(batch_size=batch, steps_per_epoch=steps, epochs=epochs, learning_rate=rate)
+
+
+def build_model(
+    mean: np.ndarray, variance: np.ndarray, hyper: HyperParameters, plan: FitPlan | None = None
+) -> keras.Model:
+    """A compiled classifier whose first layer normalises raw inputs with ``mean``/``variance``;
+    its optimizer follows ``plan`` (none: a constant learning rate)."""
     keras.utils.set_random_seed(hyper.seed)
     inputs = keras.Input(shape=(N_FEATURES,), name="features", dtype="float32")
     x = keras.layers.Normalization(
@@ -40,11 +88,17 @@ def build_model(mean: np.ndarray, variance: np.ndarray, hyper: HyperParameters) 
     outputs = keras.layers.Dense(N_CLASSES, activation="softmax", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="comfort")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=hyper.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=_rate(hyper, plan)),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model
+
+
+def _rate(hyper: HyperParameters, plan: FitPlan | None) -> Any:
+    if plan is None:
+        return hyper.learning_rate
+    return keras.optimizers.schedules.CosineDecay(plan.learning_rate, decay_steps=plan.steps, alpha=0.1)
 
 
 def fold_normalization(model: keras.Model) -> keras.Model:
@@ -100,33 +154,79 @@ class StopWhen(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stops after the epoch that would let the next one end past ``seconds`` of fitting (the
+    best weights are restored by early stopping's end of training all the same)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.clock = clock
+        self.reached = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.started = self.last = self.clock()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        now = self.clock()
+        epoch_s, self.last = now - self.last, now
+        if now - self.started + epoch_s > self.seconds:
+            self.reached = True
+            self.model.stop_training = True
+
+
+@dataclass(frozen=True)
+class Fit:
+    model: keras.Model
+    epochs_run: int
+    plan: FitPlan
+    seconds: float
+    budget_reached: bool  # stopped by the time budget
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.plan.to_dict(),
+            "epochs_run": self.epochs_run,
+            "seconds": round(self.seconds, 3),
+            "budget_reached": self.budget_reached,
+        }
+
+
 def train(
     train_set: Samples,
     validation: Samples,
     hyper: HyperParameters,
     *,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> tuple[keras.Model, int]:
-    """Fit on ``train_set`` with early stopping on validation loss (best weights restored).
+) -> Fit:
+    """Fit on ``train_set`` within the budget (``plan_fit``, ``hyper.fit_budget_s``), with early
+    stopping on validation loss (best weights restored). Validation is at most
+    ``hyper.validation_max`` samples (a fixed, seeded choice): it is evaluated every epoch.
 
-    Returns the trained model with its normalisation (mean and variance of the training
-    split) and the number of epochs run.
-    """
-    model = build_model(train_set.x.mean(axis=0), train_set.x.var(axis=0), hyper)
+    The model keeps its normalisation (mean and variance of the training split)."""
+    plan = plan_fit(len(train_set), hyper)
+    if len(validation) > hyper.validation_max:
+        keep = np.random.default_rng(hyper.seed).choice(len(validation), hyper.validation_max, replace=False)
+        validation = validation.subset(np.sort(keep))
+    model = build_model(train_set.x.mean(axis=0), train_set.x.var(axis=0), hyper, plan)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=hyper.patience, restore_best_weights=True
     )
+    budget = TimeBudget(hyper.fit_budget_s)
+    log.log("fit_plan", samples=len(train_set), validation=len(validation), **plan.to_dict())
+    started = time.monotonic()
     history = model.fit(
         train_set.x,
         one_hot(train_set.y),
         validation_data=(validation.x, one_hot(validation.y)),
-        epochs=hyper.epochs,
-        batch_size=hyper.batch_size,
+        epochs=plan.epochs,
+        batch_size=plan.batch_size,
         shuffle=True,
         verbose=0,
-        callbacks=[stopper, EpochLog(), *callbacks],
+        callbacks=[stopper, budget, EpochLog(), *callbacks],
     )
-    return model, len(history.history.get("loss", []))
+    epochs_run = len(history.history.get("loss", []))
+    return Fit(model, epochs_run, plan, time.monotonic() - started, budget.reached)
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:

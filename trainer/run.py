@@ -18,7 +18,10 @@ notifications topic (``NOTIFY_TOPIC_ARN``; none set: nothing is sent).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import resource
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +126,7 @@ def run(
         # What this run trains on: every sample written before this moment (a consistent scan).
         # The train trigger counts only later samples towards the next run.
         scan_started_ms = int(time.time() * 1000)
-        samples = data.load(settings.data_table, ddb, settings.scan_segments)
+        samples, record["scan"] = _scan(settings, ddb)
         record.update(sample_count=len(samples), skipped_count=samples.skipped, watermark=samples.watermark)
         record["scan_started_ms"] = scan_started_ms
         if len(samples) < settings.min_samples:
@@ -217,6 +220,66 @@ def failure_kind(err: BaseException) -> str:
     return DATA
 
 
+SCAN_PROGRESS_EVERY = 100_000  # items between two progress lines
+# What a run needs after its fit, at most: evaluation, export, upload, load check, gate, record
+# (about 20 s measured at 1,000,000 samples; trainer/README.md, "Scaling").
+PUBLISH_RESERVE_S = 120.0
+MIN_FIT_BUDGET_S = 30.0
+
+
+def fit_budget_s(settings: Settings, started: float, now: float | None = None) -> float:
+    """The fit's time budget: FIT_BUDGET_S, cut so that the run still publishes inside the
+    instance's time limit (if one is set): the limit, less what the run has spent (boot of the
+    container, scan) and PUBLISH_RESERVE_S. Never below MIN_FIT_BUDGET_S (a first epoch
+    always runs)."""
+    budget = settings.hyper.fit_budget_s
+    if settings.time_limit_s:
+        now = time.time() if now is None else now
+        left = settings.time_limit_s - (now - started) - PUBLISH_RESERVE_S
+        budget = min(budget, left)
+    return max(MIN_FIT_BUDGET_S, budget)
+
+
+def _scan(settings: Settings, ddb: Any) -> tuple[data.Samples, dict[str, Any]]:
+    """Every sample of the data table, with what the scan cost: segments, items, seconds, and
+    the process's peak memory after it (what the decode keeps)."""
+    size = None if settings.scan_segments else data.table_bytes(settings.data_table, ddb)
+    segments = data.segments_for(size, settings.scan_segments)
+    started = time.monotonic()
+    progress = _Progress(started)
+    log.log("scan_start", table=settings.data_table, segments=segments, table_bytes=size)
+    samples = data.load(settings.data_table, ddb, segments, on_page=progress.page)
+    report = {
+        "segments": segments,
+        "table_bytes": size,
+        "items": progress.items,
+        "seconds": round(time.monotonic() - started, 3),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    log.log("scan_done", samples=len(samples), **report)
+    return samples, report
+
+
+class _Progress:
+    """A log line every SCAN_PROGRESS_EVERY items, from any segment's thread."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.items = 0
+        self._lock = threading.Lock()
+
+    def page(self, items: int) -> None:
+        with self._lock:
+            before, self.items = self.items, self.items + items
+            if before // SCAN_PROGRESS_EVERY != self.items // SCAN_PROGRESS_EVERY:
+                log.log("scan_progress", items=self.items, seconds=round(time.monotonic() - self.started, 1))
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _ensure_run(registry: Registry, version: str, record: dict[str, Any]) -> bool:
     """Create the run item unless the train trigger already did; either way it is ours now."""
     try:
@@ -279,8 +342,11 @@ def _fit_gate_publish(
     stop = net.StopWhen(lambda: watcher.noticed)
     heartbeat.enter(heartbeat.FIT)
     beat = net.keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: heartbeat.progress())
-    trained, epochs = net.train(parts.train, parts.validation, hyper, callbacks=[stop, beat])
-    record["epochs_run"] = epochs
+    hyper = dataclasses.replace(hyper, fit_budget_s=fit_budget_s(settings, started))
+    fit = net.train(parts.train, parts.validation, hyper, callbacks=[stop, beat])
+    trained = fit.model
+    record["epochs_run"] = fit.epochs_run
+    record["fit"] = fit.to_dict()
     if watcher.noticed:
         raise Interrupted
     candidate = net.fold_normalization(trained)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,55 @@ def test_data_parallel_scan_reads_every_page_of_every_segment(dynamodb, stack) -
     assert samples.watermark == 299
     assert set(pages) == {0, 1, 2, 3}
     assert len(pages) > 4
+
+
+@pytest.mark.parametrize(
+    ("size", "configured", "segments"),
+    [
+        (None, None, 4),  # size unknown: as before
+        (0, None, 4),  # a new table (or moto): DescribeTable says 0
+        (150 * 1000 * 1000, None, 4),  # 1,000,000 samples of about 150 bytes
+        (1500 * 1000 * 1000, None, 12),  # 10,000,000
+        (10**12, None, data.MAX_SEGMENTS),
+        (10**12, 2, 2),  # SCAN_SEGMENTS set: as told
+    ],
+)
+def test_data_segments_follow_the_table_size(size: int | None, configured: int | None, segments: int) -> None:
+    assert data.segments_for(size, configured) == segments
+
+
+def test_data_table_size_is_read_from_describe_table_and_unknown_on_error() -> None:
+    class Client:
+        def __init__(self, reply: dict | Exception) -> None:
+            self.reply = reply
+
+        def describe_table(self, TableName: str) -> dict:
+            if isinstance(self.reply, Exception):
+                raise self.reply
+            return self.reply
+
+    assert data.table_bytes("t", Client({"Table": {"TableSizeBytes": 1234}})) == 1234
+    assert data.table_bytes("t", Client(RuntimeError("AccessDenied"))) is None
+
+
+def test_data_scan_decodes_each_page_and_reports_progress() -> None:
+    pages = {
+        0: [[item("c"), item("a", created="5")], [{**item("x"), "label": {"S": "hot"}}]],
+        1: [[item("b", "65.25", "cold", "9")]],
+    }
+    seen: list[int] = []
+
+    class Client:
+        def scan(self, **kwargs: Any) -> dict:
+            at = int(kwargs.get("ExclusiveStartKey", {}).get("n", 0))
+            segment = pages[kwargs["Segment"]]
+            reply: dict[str, Any] = {"Items": segment[at]}
+            if at + 1 < len(segment):
+                reply["LastEvaluatedKey"] = {"n": at + 1}
+            return reply
+
+    samples = data.load("t", Client(), segments=2, on_page=seen.append)
+    assert samples.ids == ["a", "b", "c"] and samples.skipped == 1
+    assert samples.y.tolist() == [1, 0, 1] and samples.created.tolist() == [5, 9, 1700000000000]
+    np.testing.assert_allclose(samples.x[1], [65.25, 40, 0.1, 0.5], rtol=1e-6)
+    assert sorted(seen) == [1, 1, 2]

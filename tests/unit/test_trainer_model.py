@@ -40,9 +40,10 @@ def test_model_train_fits_a_separable_toy_problem() -> None:
     y = np.digitize(x[:, 0], [68, 77])
     samples = data.Samples(ids=[str(i) for i in range(300)], x=x, y=y, created=np.arange(300))
     hyper = HyperParameters(epochs=30, batch_size=16, hidden_units=(8,), seed=1, patience=5)
-    model, epochs = net.train(samples.subset(np.arange(240)), samples.subset(np.arange(240, 300)), hyper)
-    assert 1 <= epochs <= 30
-    validation = net.metrics(net.predict(model, x[240:]), y[240:])
+    fit = net.train(samples.subset(np.arange(240)), samples.subset(np.arange(240, 300)), hyper)
+    assert 1 <= fit.epochs_run <= 30 and not fit.budget_reached
+    assert fit.plan.batch_size == 16 and fit.plan.steps_per_epoch == 15
+    validation = net.metrics(net.predict(fit.model, x[240:]), y[240:])
     assert validation["accuracy"] > 0.85
 
 
@@ -63,3 +64,47 @@ def test_model_metrics_of_nothing_has_no_accuracy() -> None:
         "accuracy": None,
         "count": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("n_train", "batch", "epochs"),
+    [
+        (150, 32, 100),  # small data: the settings of old, 100 epochs at batch 32
+        (7_650, 32, 83),  # 10k samples: 240 steps an epoch, the budget allows 83 epochs
+        (76_500, 256, 66),  # 100k: batch 256, 299 steps an epoch
+        (765_000, 1024, 26),  # 1M: the largest batch, 748 steps an epoch
+        (7_650_000, 1024, 2),  # 10M: the budget still holds
+        (80_000_000, 1024, 1),  # past the budget in one epoch: one epoch, whatever it costs
+    ],
+)
+def test_model_fit_plan_grows_the_batch_and_keeps_the_steps_within_the_budget(
+    n_train: int, batch: int, epochs: int
+) -> None:
+    plan = net.plan_fit(n_train, HyperParameters())
+    assert (plan.batch_size, plan.epochs) == (batch, epochs)
+    assert plan.steps_per_epoch == -(-n_train // batch)
+    assert plan.steps <= 20_000 or plan.epochs == 1
+    assert plan.learning_rate == pytest.approx(0.003 * (batch / 32) ** 0.5)
+
+
+def test_model_fit_plan_keeps_an_explicit_batch_and_learning_rate() -> None:
+    plan = net.plan_fit(100_000, HyperParameters(batch_size=64, learning_rate=0.01, epochs=5))
+    assert (plan.batch_size, plan.learning_rate, plan.epochs, plan.steps_per_epoch) == (64, 0.01, 5, 1563)
+
+
+def test_model_time_budget_stops_before_an_epoch_would_end_past_it() -> None:
+    now = [0.0]
+    budget = net.TimeBudget(10.0, clock=lambda: now[0])
+
+    class Model:
+        stop_training = False
+
+    budget.set_model(Model())  # type: ignore[arg-type]
+    budget.on_train_begin()
+    for epoch, at in enumerate([3.0, 6.0]):
+        now[0] = at
+        budget.on_epoch_end(epoch)
+        assert not budget.model.stop_training  # 6 s in, epochs of 3 s: the next ends at 9 s
+    now[0] = 8.5  # a 2.5 s epoch: the next would end at 11 s
+    budget.on_epoch_end(2)
+    assert budget.model.stop_training and budget.reached

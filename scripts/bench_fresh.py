@@ -1,0 +1,152 @@
+"""How fresh the model is (figures, not assertions): ``make bench-fresh``.
+
+On the local cloud, ``--samples`` labelled samples (100,000 by default) are posted by 8 clients
+in requests of 500; the retrain is held back until all of them are in (MIN_NEW_SAMPLES is the
+total), so one run trains on the whole table. Measured from the moment the last POST was
+answered to the moment ``POST /infer`` answers with the new version, split into phases:
+
+- **trigger**: the stream window and the train function, until the run item exists;
+- **launch to trainer**: the instance launch, user-data, CLI install, image pull, container and
+  Python start (``ended_at - duration_s`` is the trainer's start);
+- **scan**, **fit** (the run record's ``scan`` and ``fit``), **evaluate and publish** (the rest
+  of the trainer's run: split, holdout scoring, export, upload, load check, gate, record);
+- **to /infer**: the run's end to the prediction function answering with the version (its
+  model cache refreshes every MODEL_REFRESH_S).
+
+The local cloud's stand-ins take seconds where AWS takes longer (boot, ``dnf``, the pull): the
+README's freshness table estimates those phases for AWS from documented figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from scripts import bench_load
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = 8
+INFER_ROWS = [{"temp": 70.0, "rh": 45, "wind": 0.1, "clo": 0.6}]
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _finished(cloud: Any) -> dict[str, Any] | None:
+    from lambdas.core import registry
+
+    listed, _ = registry.Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).list_runs(
+        limit=5
+    )
+    return next((run for run in listed if run["status"] in registry.FINAL_STATUSES), None)
+
+
+def _wait(what: str, check: Any, seconds: float, poll: float = 1.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"gave up after {seconds:g} s waiting for {what}")
+
+
+def _infer_version(url: str) -> str | None:
+    reply = requests.post(f"{url}/infer", json=INFER_ROWS, timeout=60)
+    return str(reply.json().get("version")) if reply.status_code == 200 else None
+
+
+def run(total: int, deadline_s: float) -> dict[str, Any]:
+    from localcloud.cloud import LocalCloud
+
+    with tempfile.TemporaryDirectory(prefix="bench-fresh-") as tmp:
+        said: list[str] = []
+        cloud = LocalCloud(
+            Path(tmp),
+            schedule_overrides={"traffic": {"enabled": False}},
+            environment={"MIN_NEW_SAMPLES": str(total)},
+            function_log=Path(tmp) / "functions.log",
+            web_dir=None,
+            say=lambda line: said.append(f"{time.strftime('%H:%M:%S')} {line}"),
+        )
+        with cloud:
+            print(
+                f"posting {total:,} samples ({CLIENTS} clients, requests of {bench_load.FLOW_BATCH}) ...",
+                flush=True,
+            )
+            began = time.time()
+            results = bench_load._clients(
+                cloud.api_url, "flow", CLIENTS, total // CLIENTS, seed=7, processes=2
+            )
+            posted = time.time()
+            written = sum(r["written"] for r in results)
+            print(f"  {written:,} written in {posted - began:.0f} s; waiting for the run ...", flush=True)
+            try:
+                run_item = _wait("the run to finish", lambda: _finished(cloud), deadline_s)
+            except TimeoutError:
+                print("\n".join(said[-40:]))
+                raise
+            version = str(run_item["version"])
+            if run_item["status"] == "published":
+                _wait(
+                    "/infer to answer with the new version",
+                    lambda: _infer_version(cloud.api_url) == version,
+                    120,
+                    0.2,
+                )
+            answered = time.time()
+            if run_item["status"] != "published":
+                print("\n".join(said[-40:]))
+    created = _epoch(str(run_item["started_at"]))
+    ended = _epoch(str(run_item["ended_at"]))
+    trainer_start = ended - float(run_item["duration_s"])
+    scan_s = float((run_item.get("scan") or {}).get("seconds", 0))
+    fit_s = float((run_item.get("fit") or {}).get("seconds", 0))
+    return {
+        "samples_posted": written,
+        "post_seconds": round(posted - began, 1),
+        "run": {
+            k: run_item.get(k) for k in ("version", "status", "sample_count", "epochs_run", "fit", "scan")
+        },
+        "holdout_accuracy": ((run_item.get("metrics") or {}).get("holdout") or {}).get("accuracy"),
+        "phases_s": {
+            "trigger": round(created - posted, 1),
+            "launch to trainer": round(trainer_start - created, 1),
+            "scan": round(scan_s, 1),
+            "fit": round(fit_s, 1),
+            "evaluate and publish": round(ended - trainer_start - scan_s - fit_s, 1),
+            "to /infer": round(answered - ended, 1),
+        },
+        "freshness_s": round(answered - posted, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench_fresh", description=__doc__)
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--deadline", type=float, default=1800.0, help="seconds to wait for the run")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench-fresh.json")
+    args = parser.parse_args(argv)
+    report = run(args.samples, args.deadline)
+    done = report["run"]
+    print(f"\nrun {done['version']}: {done['status']}, {done['sample_count']:,} samples, ", end="")
+    print(f"holdout accuracy {report['holdout_accuracy']}")
+    for phase, seconds in report["phases_s"].items():
+        print(f"  {phase:<22} {seconds:>8.1f} s")
+    print(f"  {'POST to /infer':<22} {report['freshness_s']:>8.1f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if report["run"]["status"] == "published" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
