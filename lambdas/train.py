@@ -84,7 +84,7 @@ class TrainSettings:
             model_table=settings.required(env, "MODEL_TABLE"),
             model_bucket=settings.required(env, "MODEL_BUCKET"),
             model_prefix=settings.optional(env, "MODEL_PREFIX", "models/"),
-            min_new_samples=settings.integer(env, "MIN_NEW_SAMPLES", 50, minimum=1),
+            min_new_samples=_min_new_samples(env),
             min_interval_s=settings.integer(env, "MIN_INTERVAL_S", 300, minimum=0),
             time_limit_s=time_limit,
             lock_ttl_s=settings.integer(env, "LOCK_TTL_S", time_limit + 600, minimum=time_limit + 60),
@@ -99,6 +99,16 @@ class TrainSettings:
             ),
             scan_margin_s=settings.integer(env, "SCAN_MARGIN_S", 30, minimum=0),
         )
+
+
+def _min_new_samples(env: settings.Env) -> int:
+    value = settings.integer(env, "MIN_NEW_SAMPLES", 50, minimum=1)
+    if value > lock.MAX_PENDING:
+        raise ConfigError(
+            f"MIN_NEW_SAMPLES must be at most {lock.MAX_PENDING:,}, got {value:,}: the lock item keeps "
+            "that many pending sample ids and a DynamoDB item holds at most 400 KB"
+        )
+    return value
 
 
 def _pairs(text: str) -> dict[str, str]:

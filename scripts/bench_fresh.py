@@ -1,11 +1,13 @@
 """How fresh the model is (figures, not assertions): ``make bench-fresh``.
 
 On the local cloud, ``--samples`` labelled samples (100,000 by default) are posted by 8 clients
-in requests of 500; the retrain is held back until all of them are in (MIN_NEW_SAMPLES is the
-total), so one run trains on the whole table. Measured from the moment the last POST was
-answered to the moment ``POST /infer`` answers with the new version, split into phases:
+in requests of 500, with the retraining settings as they are: runs start and coalesce while
+the data flows in, as they would under real traffic. Measured: from the moment the last POST
+was answered to the moment ``POST /infer`` answers with the first model trained on every
+sample (the first run whose scan started after that moment), split into phases:
 
-- **trigger**: the stream window and the train function, until the run item exists;
+- **trigger**: the stream window and the train function, until that run's item exists (0 when
+  the run was launched before the last POST and scanned after it);
 - **launch to trainer**: the instance launch, user-data, CLI install, image pull, container and
   Python start (``ended_at - duration_s`` is the trainer's start);
 - **scan**, **fit** (the run record's ``scan`` and ``fit``), **evaluate and publish** (the rest
@@ -40,13 +42,15 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def _finished(cloud: Any) -> dict[str, Any] | None:
+def _finished(cloud: Any, after_ms: int) -> dict[str, Any] | None:
+    """The first run whose scan started at or after ``after_ms``, once it has ended."""
     from lambdas.core import registry
 
-    listed, _ = registry.Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb")).list_runs(
-        limit=5
-    )
-    return next((run for run in listed if run["status"] in registry.FINAL_STATUSES), None)
+    table = cloud.stack.table_name("ModelTable")
+    listed, _ = registry.Registry(table, cloud.client("dynamodb")).list_runs(limit=20)
+    covering = [run for run in listed if int(run.get("scan_started_ms") or 0) >= after_ms]
+    first = min(covering, key=lambda run: int(run["scan_started_ms"]), default=None)
+    return first if first is not None and first["status"] in registry.FINAL_STATUSES else None
 
 
 def _wait(what: str, check: Any, seconds: float, poll: float = 1.0) -> Any:
@@ -72,7 +76,6 @@ def run(total: int, deadline_s: float) -> dict[str, Any]:
         cloud = LocalCloud(
             Path(tmp),
             schedule_overrides={"traffic": {"enabled": False}},
-            environment={"MIN_NEW_SAMPLES": str(total)},
             function_log=Path(tmp) / "functions.log",
             web_dir=None,
             say=lambda line: said.append(f"{time.strftime('%H:%M:%S')} {line}"),
@@ -90,7 +93,9 @@ def run(total: int, deadline_s: float) -> dict[str, Any]:
             written = sum(r["written"] for r in results)
             print(f"  {written:,} written in {posted - began:.0f} s; waiting for the run ...", flush=True)
             try:
-                run_item = _wait("the run to finish", lambda: _finished(cloud), deadline_s)
+                run_item = _wait(
+                    "the run to finish", lambda: _finished(cloud, int(posted * 1000)), deadline_s
+                )
             except TimeoutError:
                 print("\n".join(said[-40:]))
                 raise
@@ -118,8 +123,8 @@ def run(total: int, deadline_s: float) -> dict[str, Any]:
         },
         "holdout_accuracy": ((run_item.get("metrics") or {}).get("holdout") or {}).get("accuracy"),
         "phases_s": {
-            "trigger": round(created - posted, 1),
-            "launch to trainer": round(trainer_start - created, 1),
+            "trigger": round(max(0.0, created - posted), 1),
+            "launch to trainer": round(trainer_start - max(created, posted), 1),
             "scan": round(scan_s, 1),
             "fit": round(fit_s, 1),
             "evaluate and publish": round(ended - trainer_start - scan_s - fit_s, 1),

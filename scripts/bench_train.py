@@ -9,16 +9,17 @@ both), two trainers are measured, each in a fresh process so that its peak memor
   (``trainer.data``), the fit planned within its step and time budget (``trainer.model``).
 
 Each process scans, splits (holdout by id hash), fits and scores the holdout: the trainer's
-work short of export and publish, which do not depend on the table's size. Up to 100,000
-samples the scan reads a data table on the local cloud's AWS endpoint (moto behind the gate,
-in its own process, over HTTP, strongly consistent, 4 segments or as the trainer chooses); at
-1,000,000 the scan reads an in-memory table that answers Scan pages of the same shape and size
-(writing a million items through moto takes longer than everything else here), so the largest
-scan figures measure the decode, not a network. Memory is the peak resident memory above what
-the process held before the scan (the in-memory table, at 1,000,000), after the scan ("scan",
-before TensorFlow is imported) and over the whole run ("peak", TensorFlow's ~600 MB included).
-The old fit stops after ``--old-fit-cap``
-seconds: its full time is projected from the epochs it ran (marked ``~``).
+work short of export and publish, which do not depend on the table's size. Every size is read
+from an in-memory table that answers Scan pages of DynamoDB's shape and size (JSON text parsed
+per page, as boto3 parses a response): those figures measure the decode, not a network, and
+the slopes are computed from them. Up to 100,000 samples the same data is also read from a
+data table on the local cloud's AWS endpoint (moto behind the gate, in its own process, over
+HTTP, strongly consistent); writing a million items through moto would take longer than
+everything else here. Memory is the peak resident memory above what the process held before
+the scan (the in-memory table's text included there), after the scan ("scan", before
+TensorFlow is imported) and over the whole run ("peak", TensorFlow's ~550 MB included). The
+old fit stops after ``--old-fit-cap`` seconds: its full time is projected from the epochs it
+ran (marked ``~``).
 
 Output: a table on stdout, ``artifacts/bench-train.json`` and the plot
 ``docs/bench-train.png`` (time and memory against samples, log-log), with the slope of each.
@@ -47,6 +48,7 @@ NOISE = 0.05
 SEED = 11
 TABLE = "bench-samples"
 PAGE_BYTES = 1024 * 1024  # a Scan page is at most 1 MB (Scan API reference)
+MEMORY, LOCAL = "in memory", "local cloud"
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -76,9 +78,17 @@ def write_rows(n: int, path: Path) -> Path:
     return path
 
 
+def read_rows(path: Path) -> list[str]:
+    """The file's lines, read one at a time (never the whole file as one string: that would be
+    the process's peak and hide what the scan adds)."""
+    with path.open() as lines:
+        return [line.rstrip("\n") for line in lines]
+
+
 class MemoryTable:
-    """A table answering Scan like DynamoDB: segments by key hash, pages of at most 1 MB,
-    LastEvaluatedKey; each page's items are fresh dictionaries, as boto3 parses them."""
+    """A table answering Scan like DynamoDB: segments by key hash, pages of at most 1 MB (or
+    Limit items), LastEvaluatedKey; each page's items are fresh dictionaries, as boto3 parses
+    them."""
 
     def __init__(self, rows: list[str]) -> None:
         self.rows = rows  # JSON text, as on the wire: parsed for each page
@@ -87,7 +97,7 @@ class MemoryTable:
     def scan(self, **kwargs: Any) -> dict[str, Any]:
         segment, total = kwargs.get("Segment", 0), kwargs.get("TotalSegments", 1)
         start = int(kwargs.get("ExclusiveStartKey", {}).get("at", {}).get("N", segment))
-        per_page = max(1, PAGE_BYTES // self.size)
+        per_page = min(max(1, PAGE_BYTES // self.size), int(kwargs.get("Limit") or 10**9))
         index = range(start, len(self.rows), total)[:per_page]
         page: dict[str, Any] = {"Items": [json.loads(self.rows[i]) for i in index]}
         if len(index) == per_page and index[-1] + total < len(self.rows):
@@ -107,7 +117,7 @@ def fill_local_table(endpoint: str, path: Path) -> None:
         BillingMode="PAY_PER_REQUEST",
     )
 
-    rows = path.read_text().splitlines()
+    rows = read_rows(path)
 
     def write(start: int) -> None:
         batch = [{"PutRequest": {"Item": json.loads(row)}} for row in rows[start : start + 25]]
@@ -140,7 +150,7 @@ def measure(variant: str, rows: Path, endpoint: str | None, old_fit_cap_s: float
     from trainer import data
     from trainer.config import HyperParameters
 
-    client: Any = _client(endpoint) if endpoint else MemoryTable(rows.read_text().splitlines())
+    client: Any = _client(endpoint) if endpoint else MemoryTable(read_rows(rows))
     rss_before = _rss_mb()
     started = time.monotonic()
     if variant == "old":
@@ -174,7 +184,7 @@ def measure(variant: str, rows: Path, endpoint: str | None, old_fit_cap_s: float
     return {
         "variant": variant,
         "samples": len(samples),
-        "source": "local cloud" if endpoint else "in memory",
+        "source": LOCAL if endpoint else MEMORY,
         "segments": segments,
         "scan_s": round(scan_s, 2),
         "fit_s": round(fit_s, 2),
@@ -275,10 +285,11 @@ def run(sizes: tuple[int, ...], old_fit_cap_s: float, say: Any = print) -> list[
                 fill_local_table(endpoint, rows)
                 say(f"{n:>9,} samples written to the local cloud in {time.monotonic() - started:.1f} s")
             try:
-                for variant in ("old", "new"):
-                    say(f"{n:>9,} samples: {variant} trainer ...")
-                    results.append(_measure_in_process(variant, rows, endpoint, old_fit_cap_s))
-                    say("           " + _row(results[-1]))
+                for source in (None, endpoint) if endpoint else (None,):
+                    for variant in ("old", "new"):
+                        say(f"{n:>9,} samples: {variant} trainer, {LOCAL if source else MEMORY} ...")
+                        results.append(_measure_in_process(variant, rows, source, old_fit_cap_s))
+                        say("           " + _row(results[-1]))
             finally:
                 if server is not None:
                     server.stop()
@@ -320,11 +331,11 @@ def _row(r: dict[str, Any]) -> str:
     )
 
 
-def slope(results: list[dict[str, Any]], variant: str, key: str) -> float | None:
-    """The exponent b of key ~ samples**b, by least squares on the logs (1.0: linear)."""
-    points = [
-        (math.log(r["samples"]), math.log(r[key])) for r in results if r["variant"] == variant and r[key] > 0
-    ]
+def slope(results: list[dict[str, Any]], variant: str, key: str, source: str = MEMORY) -> float | None:
+    """The exponent b of key ~ samples**b, by least squares on the logs (1.0: linear), over the
+    measurements of one source (the in-memory one has every size)."""
+    rows = [r for r in results if r["variant"] == variant and r["source"] == source and r[key] > 0]
+    points = [(math.log(r["samples"]), math.log(r[key])) for r in rows]
     if len(points) < 2:
         return None
     mx = sum(x for x, _ in points) / len(points)
@@ -335,7 +346,8 @@ def slope(results: list[dict[str, Any]], variant: str, key: str) -> float | None
 
 def report(results: list[dict[str, Any]]) -> str:
     lines = [HEADER, *(_row(r) for r in results), ""]
-    lines.append("How each grows with the samples (exponent b of samples**b; 1 is linear, 0 flat):")
+    lines.append("How each grows with the samples, read from an in-memory table at every size")
+    lines.append("(exponent b of samples**b; 1 is linear, 0 flat):")
     for key in ("scan_s", "fit_s", "total_s", "scan_peak_mb", "peak_rss_mb"):
         old, new = slope(results, "old", key), slope(results, "new", key)
         lines.append(f"  {key:<12} old {_fmt(old)}   new {_fmt(new)}")
@@ -357,22 +369,34 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for variant, style in (("old", "o--"), ("new", "s-")):
-        rows = [r for r in results if r["variant"] == variant]
+        rows = [r for r in results if r["variant"] == variant and r["source"] == MEMORY]
         n = [r["samples"] for r in rows]
         time_ax.plot(n, [r["total_s"] for r in rows], style, label=f"{variant}: scan + fit + score")
         time_ax.plot(n, [r["scan_s"] for r in rows], style, alpha=0.45, label=f"{variant}: scan")
+        local = [r for r in results if r["variant"] == variant and r["source"] == LOCAL]
+        time_ax.plot(
+            [r["samples"] for r in local],
+            [r["scan_s"] for r in local],
+            style[0],
+            mfc="none",
+            label=f"{variant}: scan through the local cloud",
+        )
         memory_ax.plot(n, [r["peak_rss_mb"] for r in rows], style, label=f"{variant}: whole run")
-        memory_ax.plot(n, [r["scan_peak_mb"] for r in rows], style, alpha=0.45, label=f"{variant}: scan")
+        memory_ax.plot(
+            n, [max(r["scan_peak_mb"], 1) for r in rows], style, alpha=0.45, label=f"{variant}: scan"
+        )
     time_ax.axhline(1800, color="grey", linewidth=0.8)
     time_ax.text(1000, 1900, "time limit (1,800 s)", fontsize=8, color="grey")
-    for ax, title, unit in ((time_ax, "time per retrain", "seconds"), (memory_ax, "peak memory (RSS)", "MB")):
+    memory_ax.set_title("memory added by the run (RSS; 1 MB: none)")
+    for ax, title, unit in ((time_ax, "time per retrain", "seconds"), (memory_ax, "", "MB")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("samples in the table")
         ax.set_ylabel(unit)
-        ax.set_title(title)
+        if title:
+            ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right" if ax is time_ax else "upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

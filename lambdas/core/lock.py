@@ -51,6 +51,11 @@ UNKNOWN_MS = 2**53
 T = TypeVar("T")
 
 Sample = tuple[str, int]  # (id, ingested epoch ms)
+# The lock keeps up to MIN_NEW_SAMPLES pending ids (66 characters each) and their times: about
+# 76 bytes a sample against DynamoDB's 400 KB item limit (Developer Guide, "Service, account,
+# and table quotas": item size), so at most some 5,000. A larger MIN_NEW_SAMPLES is refused at
+# start (lambdas/train.py) rather than failing every stream batch with a ValidationException.
+MAX_PENDING = 2000
 
 
 @dataclass(frozen=True)

@@ -327,6 +327,7 @@ def test_trigger_terminated_instance_frees_the_lock_before_expiry(cfg) -> None:
     ("name", "value", "message"),
     [
         ("MIN_NEW_SAMPLES", "0", "MIN_NEW_SAMPLES must be >= 1"),
+        ("MIN_NEW_SAMPLES", "2001", "MIN_NEW_SAMPLES must be at most 2,000"),
         ("TRAINER_IMAGE", "", "TRAINER_IMAGE is required"),
         ("TRAINER_SETTINGS", "EPOCHS", "KEY=VALUE"),
         ("INSTANCE_PROFILE_ARN", "", "INSTANCE_PROFILE_ARN is required"),
@@ -338,6 +339,18 @@ def test_train_settings_reject_bad_configuration(
     monkeypatch.setenv(name, value)
     with pytest.raises(Exception, match=message):
         train.TrainSettings.from_env()
+
+
+def test_lock_item_holds_the_most_pending_samples_allowed_and_refuses_far_more(cfg) -> None:
+    # DynamoDB (and moto) refuse an item over 400 KB: MAX_PENDING ids of 66 characters fit.
+    store = lock.LockStore(cfg.model_table)
+    samples = [(f"s-{i:064x}", 1_790_000_000_000 + i) for i in range(lock.MAX_PENDING * 4)]
+    full = lock.add_samples(lock.LockState(), samples, cap=lock.MAX_PENDING)
+    assert store.write(lock.LockState(), full)
+    assert store.read().pending == lock.MAX_PENDING
+    too_many = lock.add_samples(full, samples, cap=lock.MAX_PENDING * 4)
+    with pytest.raises(ClientError, match="Item size"):
+        store.write(store.read(), too_many)
 
 
 # instance state changes (EventBridge) -------------------------------------------------------
