@@ -91,7 +91,14 @@ def run(total: int, deadline_s: float) -> dict[str, Any]:
             )
             posted = time.time()
             written = sum(r["written"] for r in results)
-            print(f"  {written:,} written in {posted - began:.0f} s; waiting for the run ...", flush=True)
+            # A request that was not answered 200 is not retried here (a client would): its
+            # samples may or may not be in; the runs train on whatever is.
+            failed = sorted(str(r.get("error") or r["status"]) for r in results if r["status"] != 200)
+            print(
+                f"  {written:,} written in {posted - began:.0f} s ({len(failed)} requests not answered 200: "
+                f"{', '.join(sorted(set(failed))) or 'none'}); waiting for the run ...",
+                flush=True,
+            )
             try:
                 run_item = _wait(
                     "the run to finish", lambda: _finished(cloud, int(posted * 1000)), deadline_s
@@ -117,6 +124,7 @@ def run(total: int, deadline_s: float) -> dict[str, Any]:
     fit_s = float((run_item.get("fit") or {}).get("seconds", 0))
     return {
         "samples_posted": written,
+        "requests_not_answered_200": failed,
         "post_seconds": round(posted - began, 1),
         "run": {
             k: run_item.get(k) for k in ("version", "status", "sample_count", "epochs_run", "fit", "scan")
