@@ -691,7 +691,8 @@ def tick(cfg: TrainSettings, clients: Clients, now: float | None = None) -> Deci
     if state.held(now) and state.instance_id:
         instance_state = launch.instance_state(state.instance_id, ec2=clients.ec2)
         if instance_state in ENDED_STATES:
-            log.warning(
+            # Usually the trainer's own shutdown, seen before its events are handled: not a warning.
+            log.log(
                 "instance_end_noticed",
                 version=state.holder,
                 instance_id=state.instance_id,

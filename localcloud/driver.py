@@ -35,9 +35,9 @@ class Context:
         https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html), after
         ``asyncInvoke.retryDelaysSeconds`` here. Each failure is said; after the last the event
         is dropped, as Lambda drops it without a dead-letter queue. True if an attempt succeeded."""
-        delays = [
-            float(d) for d in (self.settings.get("asyncInvoke") or {}).get("retryDelaysSeconds", [60, 120])
-        ]
+        # Local delays unless serverless.yml names others: AWS's minutes would hold a driver's thread.
+        configured = (self.settings.get("asyncInvoke") or {}).get("retryDelaysSeconds", [1, 2])
+        delays = [float(d) for d in configured]
         for attempt, delay in enumerate([*delays, None], start=1):
             try:
                 self.invoke(function, event)

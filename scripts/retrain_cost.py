@@ -41,13 +41,15 @@ ROOT_GB = 30
 RRU_PER_MILLION = 0.125
 RRU_PER_MB_CONSISTENT = 256
 # Lambda x86: $0.20 per million requests, $0.0000166667 per GB-second (AWS whitepaper "How AWS
-# Pricing Works", Lambda). The train function: 128 MB; a stream batch of 1,000 records takes
-# about 0.3 s (one lock read and write).
+# Pricing Works", Lambda). The train function (128 MB, about 0.3 s a call) is invoked for a
+# retrain by the stream batch that starts it, the model table's stream, the instance's state
+# changes and the schedule's ticks while it runs: about 10 calls. (Ingesting the samples costs
+# one call per 1,000 records, once per sample, not per retrain.)
 LAMBDA_PER_REQUEST = 0.20 / 1e6
 LAMBDA_PER_GB_S = 0.0000166667
 TRAIN_FUNCTION_GB = 0.125
-STREAM_BATCH = 1000
-STREAM_BATCH_S = 0.3
+TRAIN_CALL_S = 0.3
+TRAIN_CALLS_PER_RUN = 10
 # CloudWatch, prorated by the hour (CloudWatch pricing; amazon-cloudwatch-user-guide,
 # cloudwatch_billing.md): detailed monitoring of the instance's 7 EC2 metrics at $0.30 per
 # metric-month (the 60 s alarm period needs it), the idle alarm's 2 metrics at $0.10 per
@@ -95,13 +97,13 @@ def cost(samples: int, scan_s: float, fit_s: float, *, spot: bool = True, idle_s
     per_s = ON_DEMAND_PER_H * ((1 - SPOT_SAVING) if spot else 1.0) / 3600
     ebs_per_s = EBS_GB_MONTH * ROOT_GB / (HOURS_PER_MONTH * 3600)
     scanned_mb = samples * ITEM_BYTES / 1e6
-    batches = math.ceil(samples / STREAM_BATCH)
     return Cost(
         instance_s=seconds,
         instance=billed * per_s,
         ebs=billed * ebs_per_s,
         dynamodb=scanned_mb * RRU_PER_MB_CONSISTENT * RRU_PER_MILLION / 1e6,
-        lambda_=batches * (LAMBDA_PER_REQUEST + TRAIN_FUNCTION_GB * STREAM_BATCH_S * LAMBDA_PER_GB_S),
+        lambda_=TRAIN_CALLS_PER_RUN
+        * (LAMBDA_PER_REQUEST + TRAIN_FUNCTION_GB * TRAIN_CALL_S * LAMBDA_PER_GB_S),
         cloudwatch=CLOUDWATCH_PER_RUN * math.ceil(seconds / 3600),
         s3=S3_PER_RUN,
     )
@@ -110,8 +112,8 @@ def cost(samples: int, scan_s: float, fit_s: float, *, spot: bool = True, idle_s
 def table(results: list[dict[str, Any]], sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)) -> str:
     rows = {(r["variant"], r["samples"]): r for r in results if r["source"] == "in memory"}
     lines = [
-        "| samples | design | instance time | instance (spot) | EBS | DynamoDB scan | Lambda (stream) "
-        "| CloudWatch | S3 | **total** |",
+        "| samples | design | instance time | instance (spot) | EBS | DynamoDB scan | Lambda (train "
+        "function) | CloudWatch | S3 | **total** |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sizes:

@@ -18,8 +18,9 @@ ACTIVATIONS = ("relu", "tanh", "elu", "selu", "sigmoid")
 
 @dataclass(frozen=True)
 class HyperParameters:
-    """The fit's settings. Its cost is bounded, whatever the table's size (trainer/README.md,
-    "Scaling"): at most ``step_budget`` gradient steps and ``fit_budget_s`` seconds. ``batch_size``
+    """The fit's settings. Its cost is bounded (trainer/README.md, "Scaling"): at most
+    ``step_budget`` gradient steps (or one epoch, past ~20 million training samples) and
+    ``fit_budget_s`` seconds (checked between epochs). ``batch_size``
     None: chosen for the data (32 up to about 10,000 training samples, then growing with the
     data up to MAX_BATCH), the learning rate scaled with it."""
 

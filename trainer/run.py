@@ -230,14 +230,14 @@ MIN_FIT_BUDGET_S = 30.0
 def fit_budget_s(settings: Settings, started: float, now: float | None = None) -> float:
     """The fit's time budget: FIT_BUDGET_S, cut so that the run still publishes inside the
     instance's time limit (if one is set): the limit, less what the run has spent (boot of the
-    container, scan) and PUBLISH_RESERVE_S. Never below MIN_FIT_BUDGET_S (a first epoch
-    always runs)."""
+    container, scan) and PUBLISH_RESERVE_S. The limit never cuts it below MIN_FIT_BUDGET_S (or
+    FIT_BUDGET_S, if that is smaller); a first epoch always runs."""
     budget = settings.hyper.fit_budget_s
     if settings.time_limit_s:
         now = time.time() if now is None else now
         left = settings.time_limit_s - (now - started) - PUBLISH_RESERVE_S
         budget = min(budget, left)
-    return max(MIN_FIT_BUDGET_S, budget)
+    return max(min(MIN_FIT_BUDGET_S, settings.hyper.fit_budget_s), budget)
 
 
 def _scan(settings: Settings, ddb: Any) -> tuple[data.Samples, dict[str, Any]]:

@@ -34,3 +34,8 @@ def test_fit_budget_reads_the_time_limit_the_train_function_passes() -> None:
     env = {"DATA_TABLE": "d", "MODEL_TABLE": "m", "MODEL_BUCKET": "b", "TRAIN_TIME_LIMIT_S": "1800"}
     assert Settings.from_env(env).time_limit_s == 1800
     assert Settings.from_env({**env, "FIT_BUDGET_S": "60"}).hyper.fit_budget_s == 60
+
+
+def test_fit_budget_smaller_than_the_floor_is_kept() -> None:
+    settings = dataclasses.replace(SETTINGS, hyper=HyperParameters(fit_budget_s=10), time_limit_s=1800)
+    assert run.fit_budget_s(settings, started=0.0, now=1700.0) == 10
