@@ -41,12 +41,14 @@ STEPS_PER_EPOCH = 300
 @dataclass(frozen=True)
 class FitPlan:
     """How a fit spends its budget: ``epochs`` of ``steps_per_epoch`` steps of ``batch_size``,
-    Adam from ``learning_rate`` decaying (cosine) to a tenth over the planned steps."""
+    Adam from ``learning_rate``, decaying (cosine) to a tenth over the planned steps when
+    ``decay`` (a batch grown for a large table; a small table trains as it always did)."""
 
     batch_size: int
     steps_per_epoch: int
     epochs: int
     learning_rate: float
+    decay: bool = False
 
     @property
     def steps(self) -> int:
@@ -70,7 +72,8 @@ def plan_fit(n_train: int, hyper: HyperParameters) -> FitPlan:
         rate = hyper.learning_rate * math.sqrt(batch / MIN_BATCH)
     steps = max(1, math.ceil(n_train / batch))
     epochs = max(1, min(hyper.epochs, hyper.step_budget // steps))
-    return FitPlan(batch_size=batch, steps_per_epoch=steps, epochs=epochs, learning_rate=rate)
+    decay = not hyper.batch_size and batch > MIN_BATCH
+    return FitPlan(batch_size=batch, steps_per_epoch=steps, epochs=epochs, learning_rate=rate, decay=decay)
 
 
 def build_model(
@@ -96,8 +99,8 @@ def build_model(
 
 
 def _rate(hyper: HyperParameters, plan: FitPlan | None) -> Any:
-    if plan is None:
-        return hyper.learning_rate
+    if plan is None or not plan.decay:
+        return hyper.learning_rate if plan is None else plan.learning_rate
     return keras.optimizers.schedules.CosineDecay(plan.learning_rate, decay_steps=plan.steps, alpha=0.1)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -137,6 +138,9 @@ def test_pinned_latest_survives_a_better_retrain(stack: Any, dynamodb: Any, s3: 
     assert route("POST", "/models/pin", {"reason": "audited model"})[0] == 200
 
     # More data and more epochs: a model the gate would take (any accuracy passes tolerance 1).
+    # Versions name their second: the second run's must sort after the first's, or promoting it
+    # is recorded as a rollback.
+    time.sleep(1.1)
     write_samples(dynamodb, stack.physical["DataTable"], comfort.generate(400, 8, 0.0), prefix="b")
     better = trainer_run.run(
         settings_for(stack, **{**SMALL, "EPOCHS": "30", "GATE_TOLERANCE": "1"}),

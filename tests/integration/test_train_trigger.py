@@ -700,8 +700,9 @@ def test_retry_infrastructure_failure_keeps_the_samples_retries_with_backoff_the
 ) -> None:
     cfg, read = inbox
     clients = train.Clients.default()
-    now = time.time()
-    version = train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, clients, now=now).launch
+    records = batch(cfg, ["a", "b", "c"])["Records"]
+    now = time.time() + 1  # launched after the samples were ingested: none is fresh for a retry
+    version = train.process(records, cfg, clients, now=now).launch
     versions = [version]
     for attempt in (1, 2, 3):
         failed = run_ends(
@@ -744,8 +745,9 @@ def test_retry_infrastructure_failure_keeps_the_samples_retries_with_backoff_the
 def test_retry_data_failure_is_not_retried(cfg, inbox) -> None:
     cfg, read = inbox
     clients = train.Clients.default()
-    now = time.time()
-    version = train.process(batch(cfg, ["a", "b", "c"])["Records"], cfg, clients, now=now).launch
+    records = batch(cfg, ["a", "b", "c"])["Records"]
+    now = time.time() + 1  # launched after the samples were ingested: none is fresh for a retry
+    version = train.process(records, cfg, clients, now=now).launch
     scan_ms = int(now * 1000) + 5000 + cfg.scan_margin_s * 1000
     failed = run_ends(
         cfg, str(version), "failed", failure_kind="data", error="not enough data", scan_started_ms=scan_ms

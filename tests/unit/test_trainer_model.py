@@ -85,11 +85,13 @@ def test_model_fit_plan_grows_the_batch_and_keeps_the_steps_within_the_budget(
     assert plan.steps_per_epoch == -(-n_train // batch)
     assert plan.steps <= 20_000 or plan.epochs == 1
     assert plan.learning_rate == pytest.approx(0.003 * (batch / 32) ** 0.5)
+    assert plan.decay == (batch > 32)  # a small table trains with a constant rate, as before
 
 
 def test_model_fit_plan_keeps_an_explicit_batch_and_learning_rate() -> None:
     plan = net.plan_fit(100_000, HyperParameters(batch_size=64, learning_rate=0.01, epochs=5))
     assert (plan.batch_size, plan.learning_rate, plan.epochs, plan.steps_per_epoch) == (64, 0.01, 5, 1563)
+    assert not plan.decay
 
 
 def test_model_time_budget_stops_before_an_epoch_would_end_past_it() -> None:
