@@ -341,3 +341,19 @@ def test_the_registry_lists_history_and_a_missing_model_is_a_409_not_a_403(make_
     promoted = requests.post(f"{cloud.api_url}/models/{version}/promote", json={"reason": "t"}, timeout=60)
     assert promoted.status_code == 409, promoted.text
     assert "model.json" in promoted.json()["message"]
+
+
+def test_the_trainer_reads_the_data_tables_size_only_with_its_describe_table_permission(make_cloud) -> None:
+    from trainer import data
+
+    cloud = make_cloud()
+    table = cloud.stack.table_name("DataTable")
+    trainer_role = as_role(cloud, "TrainInstanceRole", "dynamodb")
+    assert data.table_bytes(table, trainer_role) == 0  # moto's size, as a new AWS table's
+    with pytest.raises(ClientError) as denied:
+        trainer_role.describe_table(TableName=cloud.stack.table_name("ModelTable"))
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    # A role without it: refused, and the scan goes on with the default segments.
+    upload_role = as_role(cloud, "UploadFunctionRole", "dynamodb")
+    assert data.table_bytes(table, upload_role) is None
+    assert data.segments_for(data.table_bytes(table, upload_role)) == data.MIN_SEGMENTS

@@ -131,6 +131,7 @@ def test_data_scan_decodes_each_page_and_reports_progress() -> None:
 
     class Client:
         def scan(self, **kwargs: Any) -> dict:
+            assert kwargs["Limit"] == data.PAGE_ITEMS and kwargs["ConsistentRead"] is True
             at = int(kwargs.get("ExclusiveStartKey", {}).get("n", 0))
             segment = pages[kwargs["Segment"]]
             reply: dict[str, Any] = {"Items": segment[at]}
