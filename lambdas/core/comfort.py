@@ -30,9 +30,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pythermalcomfort.models import pmv_ppd_iso
 
+from lambdas.core import kernels
 from lambdas.core.schema import LABELS
+
+# In the traffic function's image, the kernels compiled at build go where numba looks for them
+# before numba is imported (lambdas/core/kernels.py); elsewhere this does nothing.
+kernels.use_image_cache()
+from pythermalcomfort.models import pmv_ppd_iso  # noqa: E402
 
 MET = 1.1  # met: seated, light office work
 COLD_BELOW = -0.5
