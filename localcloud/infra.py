@@ -3,7 +3,9 @@
 The tests (under moto) and the local cloud (against moto's server) both build their tables,
 bucket, queue and topic here, from the deployable file itself, so they cannot drift from it.
 Only the subset of the Serverless variable syntax that the file uses is supported; anything
-else fails loudly instead of being silently left unresolved.
+else fails loudly instead of being silently left unresolved. A container image function runs
+locally as any other, in its own process on this checkout's code: its handler is the CMD of
+the Dockerfile that provider.ecr.images names.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from localcloud import dockerfile
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVERLESS_YML = ROOT / "infra" / "serverless.yml"
@@ -49,16 +53,22 @@ def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str,
 _CfnLoader.add_multi_constructor("!", _cfn_tag)
 
 
+class FunctionImageError(ValueError):
+    """An image function the local cloud cannot run: its image is not declared in
+    provider.ecr.images, or its Dockerfile does not name a handler."""
+
+
 @dataclass(frozen=True)
 class Function:
     name: str
-    handler: str  # "lambdas/upload.handler"
+    handler: str  # "lambdas/upload.handler"; an image function's comes from its Dockerfile's CMD
     environment: dict[str, Any]
     events: list[dict[str, Any]]
     timeout: int
     memory: int
     role: str | None = None  # logical id of the function's AWS::IAM::Role
     reserved_concurrency: int | None = None
+    image: str | None = None  # a container image function: its name in provider.ecr.images
 
     @property
     def module(self) -> str:
@@ -79,6 +89,9 @@ class Stack:
     account: str
     physical: dict[str, str] = field(default_factory=dict)  # logical id -> name
     arns: dict[str, str] = field(default_factory=dict)  # logical id -> ARN or URL
+    # The file the config was read from: an image's path is relative to its folder.
+    source: Path = SERVERLESS_YML
+    _commands: dict[Path, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def custom(self) -> dict[str, Any]:
@@ -96,10 +109,11 @@ class Stack:
         out = []
         for name, spec in (self.config.get("functions") or {}).items():
             env = {**(provider.get("environment") or {}), **(spec.get("environment") or {})}
+            image = _image_name(name, spec)
             out.append(
                 Function(
                     name=name,
-                    handler=spec["handler"],
+                    handler=spec["handler"] if image is None else self._image_handler(name, image),
                     environment=env,
                     events=list(spec.get("events") or []),
                     timeout=int(spec.get("timeout", provider.get("timeout", 6))),
@@ -108,9 +122,45 @@ class Stack:
                     reserved_concurrency=(
                         int(spec["reservedConcurrency"]) if "reservedConcurrency" in spec else None
                     ),
+                    image=image,
                 )
             )
         return out
+
+    def image_dockerfile(self, image: str) -> Path:
+        """The Dockerfile of ``provider.ecr.images[image]``, found as osls finds it: ``path``
+        relative to the service folder (where serverless.yml is), ``file`` relative to ``path``
+        (default ``Dockerfile``)."""
+        images = ((self.config.get("provider") or {}).get("ecr") or {}).get("images") or {}
+        if image not in images:
+            raise FunctionImageError(
+                f'image "{image}" is not defined in provider.ecr.images of {self.source}'
+            )
+        spec = images[image]
+        if isinstance(spec, str):
+            spec = {"path": spec}
+        if not isinstance(spec, dict) or "path" not in spec:
+            raise FunctionImageError(
+                f'image "{image}": only a local build (path, file) can run locally, not {spec!r}'
+            )
+        return (self.source.parent / str(spec["path"]) / str(spec.get("file", "Dockerfile"))).resolve()
+
+    def _image_handler(self, function: str, image: str) -> str:
+        """The handler an image function runs: its Dockerfile's CMD, which the AWS base image's
+        entrypoint takes as the handler (a Dockerfile with its own ENTRYPOINT is refused)."""
+        path = self.image_dockerfile(image)
+        if path not in self._commands:
+            try:
+                instructions = dockerfile.read(path)
+                if any(i.keyword == "ENTRYPOINT" for i in instructions):
+                    raise dockerfile.DockerfileError(
+                        f"{path}: ENTRYPOINT: the local cloud knows only the AWS base image's, "
+                        "which runs the CMD as the handler"
+                    )
+                self._commands[path] = dockerfile.command(path)
+            except dockerfile.DockerfileError as err:
+                raise FunctionImageError(f'function "{function}", image "{image}": {err}') from err
+        return self._commands[path][0]
 
     def function(self, name: str) -> Function:
         for fn in self.functions():
@@ -219,6 +269,21 @@ class Stack:
         return env
 
 
+def _image_name(function: str, spec: dict[str, Any]) -> str | None:
+    """``image: traffic`` or ``image: {name: traffic}`` -> "traffic"; None for a zip function.
+    Like osls, exactly one of handler and image. The function's overrides of the image
+    (command, entryPoint, workingDirectory) are refused: locally the handler is the
+    Dockerfile's CMD, and nothing else."""
+    image = spec.get("image")
+    if ("handler" in spec) == (image is not None):
+        raise FunctionImageError(f'function "{function}" needs either "handler" or "image" (not both)')
+    if image is None or isinstance(image, str):
+        return image
+    if isinstance(image, dict) and set(image) == {"name"}:
+        return str(image["name"])
+    raise FunctionImageError(f'function "{function}": image {image!r} is not supported locally (only a name)')
+
+
 def _role_logical_id(role: Any) -> str | None:
     """``role: UploadFunctionRole`` or ``role: {Fn::GetAtt: [UploadFunctionRole, Arn]}``."""
     if role is None:
@@ -240,7 +305,7 @@ def load(
     raw = yaml.load(path.read_text(), Loader=_CfnLoader)
     context = {"stage": stage, "region": region, "account": account, "root": raw}
     config = _resolve(raw, context)
-    return Stack(config=config, stage=stage, region=region, account=account)
+    return Stack(config=config, stage=stage, region=region, account=account, source=path)
 
 
 def _lookup(root: dict[str, Any], dotted: str) -> Any:

@@ -2,7 +2,9 @@
 # Package, deploy, remove or tail the logs of one stage with the pinned osls CLI.
 #   scripts/deploy.sh package|deploy|remove STAGE [REGION]
 #   scripts/deploy.sh logs STAGE FUNCTION [REGION]
-# deploy and remove act on the AWS account of the current credentials (AWS_PROFILE etc.).
+# deploy and remove act on the AWS account of the current credentials (AWS_PROFILE etc.); so
+# does package, which builds the traffic function's container image with docker and pushes it
+# to the stage's ECR repository (serverless-autoretrain-STAGE, created by osls if missing).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,7 +12,7 @@ osls="$root/node_modules/.bin/osls"
 python="${PYTHON:-$root/.venv/bin/python}"
 
 usage() {
-  sed -n '2,5p' "$0" >&2
+  sed -n '2,7p' "$0" >&2
   exit 2
 }
 
@@ -30,11 +32,21 @@ esac
 cd "$root/infra"
 case "$action" in
   package | deploy)
-    # The layers (numpy; traffic's compressed dependencies) built for the Lambda platform.
+    # Checked first: osls checks only `docker --version` (a client without a daemon passes) and
+    # would fail at `docker build`, after the layer is built.
+    if ! docker info >/dev/null 2>&1; then
+      echo "deploy.sh: no docker daemon answers (docker info failed): the traffic function is a" \
+        "container image (lambdas/traffic.Dockerfile), which osls builds and pushes with docker." \
+        "Start docker and try again." >&2
+      exit 1
+    fi
+    # The numpy layer of infer, built for the Lambda platform.
     (cd "$root" && "$python" -m scripts.package_functions --out "$root/infra/build")
+    # Zips the functions and writes the template; builds the traffic image and pushes it to ECR
+    # (provider.ecr), and the template names it by digest.
     "$osls" package --stage "$stage" --region "$region"
-    # Lambda's limit on a function's code plus its layers, unzipped, checked before anything is
-    # uploaded; deploy then ships exactly the package that was checked.
+    # Lambda's limit on a zip function's code plus its layers, unzipped, checked before the zips
+    # are uploaded; deploy then ships exactly the package that was checked.
     (cd "$root" && "$python" -m scripts.package_functions --check-sizes "$root/infra/.serverless")
     if [ "$action" = deploy ]; then
       "$osls" deploy --package .serverless --stage "$stage" --region "$region"

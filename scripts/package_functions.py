@@ -1,15 +1,15 @@
-"""Build the Lambda layers that infra/serverless.yml ships with its functions.
+"""Build the Lambda layer that infra/serverless.yml ships with its zip functions; check the package.
 
 - ``numpy.zip``: numpy under ``python/`` (on the runtime's path as /opt/python), for infer.
-- ``traffic-deps.zip``: pythermalcomfort with numba, llvmlite, scipy and numpy. Unpacked they
-  are larger than Lambda's 250 MB limit, so the layer holds them as one compressed archive
-  (``traffic/deps.zip``) and a wrapper script (``traffic/unpack``, set as the function's
-  ``AWS_LAMBDA_EXEC_WRAPPER``) that unpacks it to /tmp before the runtime starts.
+
+The traffic function needs no layer: it is a container image (lambdas/traffic.Dockerfile), which
+``osls package`` builds and pushes itself.
 
 After ``osls package`` has written the functions' own zips, ``--check-sizes DIR`` checks the
-package in DIR (``infra/.serverless``) the way Lambda does: each function's own code plus the
-layers it references, unzipped, must fit in 262,144,000 bytes. scripts/deploy.sh runs it between
-``osls package`` and the upload, so a package AWS would refuse never leaves this machine.
+package in DIR (``infra/.serverless``) the way Lambda does: each zip function's own code plus the
+layers it references, unzipped, must fit in 262,144,000 bytes; an image function is listed with
+its own limit, and must reference no layer. scripts/deploy.sh runs it between ``osls package``
+and the upload, so a package AWS would refuse never leaves this machine.
 
 Wheels come from the package index for the deployed platform (manylinux x86_64 up to glibc 2.34, CPython 3.12)
 by default. ``--source venv`` copies the distributions installed in the running interpreter
@@ -47,6 +47,9 @@ DEFAULT_OUT = ROOT / "infra" / "build"
 # maximum size of the contents of a deployment package, including layers and custom runtimes.
 # (unzipped)". In bytes, as the API states it (AccountLimit.CodeSizeUnzipped; the error below).
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024  # 262,144,000
+# The same page: a container image function's code package may be 10 GB (the image uncompressed,
+# all its layers included).
+IMAGE_LINE = "{name}: container image (Lambda's limit is 10 GB uncompressed, not the 250 MB of a zip package)"
 # The python3.12 runtime is Amazon Linux 2023 (glibc 2.34): manylinux wheels up to 2.34 run there.
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")
 PYTHON_VERSION = "3.12"
@@ -54,30 +57,10 @@ PYTHON_VERSION = "3.12"
 # Layer name -> the requirement files whose packages it carries.
 LAYERS: dict[str, list[str]] = {
     "numpy": ["infer.txt"],
-    "traffic-deps": ["traffic.txt", "infer.txt"],
 }
 
 # Never needed at run time: test suites, byte code compiled here, console scripts.
 _PRUNED_DIRS = {"tests", "__pycache__"}
-
-UNPACK_SCRIPT = """#!/bin/sh
-# AWS_LAMBDA_EXEC_WRAPPER of the traffic function: runs before the Python runtime starts.
-# Unpacks the dependencies that do not fit Lambda's 250 MB limit into /tmp once per execution
-# environment, then starts the runtime with them on its path.
-set -eu
-here=$(dirname "$0")
-archive="${TRAFFIC_DEPS_ARCHIVE:-$here/deps.zip}"
-target="${TRAFFIC_DEPS_DIR:-/tmp/traffic-deps}"
-if [ ! -f "$target/.complete" ]; then
-  rm -rf "$target.partial" "$target"
-  python3 -m zipfile -e "$archive" "$target.partial"
-  touch "$target.partial/.complete"
-  mv "$target.partial" "$target"
-fi
-PYTHONPATH="$target${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONPATH
-exec "$@"
-"""
 
 
 def requirement_lines(files: list[str]) -> list[str]:
@@ -154,12 +137,11 @@ def tree_size(tree: Path) -> int:
     return sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
 
 
-def write_zip(zip_path: Path, files: dict[str, Path], *, compresslevel: int, executable: set[str]) -> None:
+def write_zip(zip_path: Path, files: dict[str, Path], *, compresslevel: int) -> None:
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
         for name in sorted(files):
             info = zipfile.ZipInfo.from_file(files[name], arcname=name)
-            mode = 0o755 if name in executable else 0o644
-            info.external_attr = (stat.S_IFREG | mode) << 16
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             with files[name].open("rb") as source, archive.open(info, "w") as sink:
                 shutil.copyfileobj(source, sink, 1 << 20)
@@ -183,30 +165,9 @@ def build(out: Path, *, source: str, python_version: str, compresslevel: int) ->
             else:
                 copy_from_environment(requirements, tree)
             prune(tree)
-            unpacked = tree_size(tree)
             zip_path = out / f"{layer}.zip"
-            if layer == "traffic-deps":
-                inner = Path(scratch) / "deps.zip"
-                write_zip(inner, _files_under(tree, ""), compresslevel=compresslevel, executable=set())
-                script = Path(scratch) / "unpack"
-                script.write_text(UNPACK_SCRIPT)
-                write_zip(
-                    zip_path,
-                    {"traffic/deps.zip": inner, "traffic/unpack": script},
-                    compresslevel=1,
-                    executable={"traffic/unpack"},
-                )
-                layer_unzipped = inner.stat().st_size + script.stat().st_size
-            else:
-                write_zip(
-                    zip_path, _files_under(tree, "python/"), compresslevel=compresslevel, executable=set()
-                )
-                layer_unzipped = unpacked
-            figures[layer] = {
-                "dependencies_unpacked": unpacked,
-                "layer_unzipped": layer_unzipped,
-                "layer_zip": zip_path.stat().st_size,
-            }
+            write_zip(zip_path, _files_under(tree, "python/"), compresslevel=compresslevel)
+            figures[layer] = {"layer_unzipped": tree_size(tree), "layer_zip": zip_path.stat().st_size}
     return figures
 
 
@@ -256,11 +217,7 @@ class UnzippedSize:
 
 
 def unzipped_size(zip_path: Path) -> int:
-    """The bytes ``zip_path`` extracts to: the sum of its entries' uncompressed sizes.
-
-    A zip inside the zip counts as the file it is (traffic's layer ships its dependencies that
-    way): Lambda extracts the outer archive only.
-    """
+    """The bytes ``zip_path`` extracts to: the sum of its entries' uncompressed sizes."""
     with zipfile.ZipFile(zip_path) as archive:
         return sum(info.file_size for info in archive.infolist())
 
@@ -316,7 +273,8 @@ def _resolve(state: Any, value: Any) -> Any:
 
 
 def packaged_functions(package_dir: Path) -> list[FunctionPackage]:
-    """The functions of an ``osls package`` output folder, with the zips Lambda will unpack.
+    """The zip functions of an ``osls package`` output folder, with the zips Lambda will unpack
+    (an image function has none: ``image_functions``).
 
     The template says which layers each function references; the functions' zips are in
     ``package_dir`` and the layers' are the ``package.artifact`` paths of serverless.yml
@@ -358,6 +316,29 @@ def packaged_functions(package_dir: Path) -> list[FunctionPackage]:
     return functions
 
 
+def image_functions(package_dir: Path) -> list[str]:
+    """The names of the package's container image functions (``PackageType: Image``).
+
+    osls built and pushed their images; there is no zip to measure. An image function with
+    layers is refused: Lambda gives layers to zip functions only, yet osls copies
+    ``provider.layers`` onto every function (aws/aws-cdk#16781 describes the same refusal).
+    """
+    template = json.loads((package_dir / "cloudformation-template-update-stack.json").read_text())
+    names = []
+    for logical, resource in template["Resources"].items():
+        props = resource.get("Properties") or {}
+        if resource["Type"] != "AWS::Lambda::Function" or props.get("PackageType") != "Image":
+            continue
+        name = props.get("FunctionName")
+        name = name if isinstance(name, str) else logical
+        if props.get("Layers"):
+            raise PackageCheckError(
+                f"{name}: a container image function cannot have layers ({props['Layers']})"
+            )
+        names.append(name)
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the layer zips go")
@@ -374,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_sizes is not None:
         try:
             check_unzipped_sizes(packaged_functions(args.check_sizes), out=sys.stdout)
+            for name in image_functions(args.check_sizes):
+                print(IMAGE_LINE.format(name=name))
         except PackageCheckError as err:
             print(err, file=sys.stderr)
             return 1
@@ -383,10 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     mb = 1024 * 1024
     for layer, sizes in figures.items():
-        print(
-            f"{layer}: dependencies {sizes['dependencies_unpacked'] / mb:.1f} MB unpacked, "
-            f"layer {sizes['layer_unzipped'] / mb:.1f} MB unzipped ({sizes['layer_zip'] / mb:.1f} MB zip)"
-        )
+        unzipped, zipped = sizes["layer_unzipped"] / mb, sizes["layer_zip"] / mb
+        print(f"{layer}: layer {unzipped:.1f} MB unzipped ({zipped:.1f} MB zip)")
         if sizes["layer_unzipped"] > LAMBDA_UNZIPPED_LIMIT:
             # What PublishLayerVersion answers (InvalidParameterValueException).
             print(

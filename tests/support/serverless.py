@@ -22,7 +22,15 @@ def write(config: dict[str, Any], folder: Path) -> Path:
 
 
 def edited(folder: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """A changed copy in ``folder``. Its images still build from the repository: an image's
+    ``path`` is relative to the folder of serverless.yml, so the copy gets it absolute."""
     config = load_raw()
+    images = ((config.get("provider") or {}).get("ecr") or {}).get("images") or {}
+    for name, image in images.items():
+        if isinstance(image, str):
+            image = images[name] = {"path": image}
+        if "path" in image:
+            image["path"] = str((infra.SERVERLESS_YML.parent / image["path"]).resolve())
     change(config)
     return write(config, folder)
 

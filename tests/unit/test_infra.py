@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lambdas.core import launch
-from localcloud import infra
+from localcloud import dockerfile, infra
+from tests.support import serverless
+
+TRAFFIC_DOCKERFILE = infra.ROOT / "lambdas" / "traffic.Dockerfile"
 
 
 def test_infra_resolves_names_per_stage() -> None:
@@ -42,6 +47,110 @@ def test_infra_rejects_an_unsupported_variable(tmp_path) -> None:
     bad.write_text("service: x\nprovider:\n  stage: ${env:NOPE}\n")
     with pytest.raises(KeyError, match="not supported"):
         infra.load(bad)
+
+
+# The traffic function: a container image, run locally from its Dockerfile's CMD ------------
+
+
+def test_infra_traffic_is_an_image_function_without_zip_settings() -> None:
+    raw = serverless.load_raw()
+    spec = raw["functions"]["traffic"]
+    assert spec["image"] == {"name": "traffic"}
+    assert not {"handler", "layers", "package", "runtime"} & set(spec)
+    image = raw["provider"]["ecr"]["images"]["traffic"]
+    assert (infra.SERVERLESS_YML.parent / image["path"] / image["file"]).resolve() == TRAFFIC_DOCKERFILE
+    # Lambda refuses a multi-architecture image or an image index (a provenance attestation).
+    assert (raw["provider"]["architecture"], image["platform"]) == ("x86_64", "linux/amd64")
+    assert image["provenance"] == "false"  # a string: osls drops a boolean false
+    # osls copies provider.layers onto every function, and an image function cannot have any.
+    assert "layers" not in raw["provider"]
+
+
+def test_infra_traffic_environment_leaves_the_images_own_variables_alone() -> None:
+    """A function's variable overrides the image's ENV: serverless.yml sets none of them."""
+    image_env: dict[str, str] = {}
+    for instruction in dockerfile.read(TRAFFIC_DOCKERFILE):
+        if instruction.keyword == "ENV":
+            image_env.update(dockerfile.env_pairs(instruction, image_env))
+    assert "NUMBA_CACHE_DIR" in image_env
+    fn = infra.load().function("traffic")
+    assert not set(image_env) & set(fn.environment)
+    assert "AWS_LAMBDA_EXEC_WRAPPER" not in fn.environment
+
+
+def test_infra_local_traffic_runs_the_handler_its_dockerfile_names() -> None:
+    fn = infra.load().function("traffic")
+    assert fn.image == "traffic"
+    assert fn.handler == dockerfile.command(TRAFFIC_DOCKERFILE)[0] == "lambdas.traffic.handler"
+    assert (fn.module, fn.attribute) == ("lambdas.traffic", "handler")
+    assert importlib.util.find_spec(fn.module) is not None
+    # A zip function keeps its slashed handler; both forms name a module the same way.
+    upload = infra.load().function("upload")
+    assert (upload.image, upload.module, upload.attribute) == (None, "lambdas.upload", "handler")
+
+
+def test_infra_an_edited_copy_still_builds_its_image_from_the_repository(tmp_path: Path) -> None:
+    copy = serverless.without_action(tmp_path, "UploadFunctionRole", "dynamodb:BatchWriteItem")
+    stack = infra.load(copy)
+    assert stack.image_dockerfile("traffic") == TRAFFIC_DOCKERFILE
+    assert stack.function("traffic").handler == "lambdas.traffic.handler"
+
+
+_IMAGE_SERVICE = """
+service: x
+provider:
+  name: aws
+  ecr: {{ images: {{ traffic: {{ path: ., file: traffic.Dockerfile }} }} }}
+functions:
+  traffic: {function}
+"""
+
+
+@pytest.mark.parametrize(
+    ("function", "dockerfile_text", "message"),
+    [
+        (
+            "{ image: { name: other } }",
+            'FROM base\nCMD ["lambdas.traffic.handler"]\n',
+            r'image "other" is not defined in provider\.ecr\.images of .*serverless\.yml',
+        ),
+        (
+            "{ image: { name: traffic } }",
+            "FROM base\nRUN true\n",
+            r'function "traffic", image "traffic": .*traffic\.Dockerfile: no CMD: the image names no handler',
+        ),
+        (
+            "{ image: { name: traffic } }",
+            "FROM base\nCMD python -m lambdas.traffic\n",
+            r'function "traffic", image "traffic": line 2: CMD must use the exec \(JSON\) form',
+        ),
+        (
+            "{ image: { name: traffic } }",
+            'FROM base\nENTRYPOINT ["python"]\nCMD ["app.handler"]\n',
+            r"traffic\.Dockerfile: ENTRYPOINT: the local cloud knows only the AWS base image's",
+        ),
+        (
+            "{ image: { name: traffic, command: [app.other] } }",
+            'FROM base\nCMD ["app.handler"]\n',
+            r'function "traffic": image .* is not supported locally \(only a name\)',
+        ),
+        (
+            "{ handler: app.handler, image: traffic }",
+            'FROM base\nCMD ["app.handler"]\n',
+            r'function "traffic" needs either "handler" or "image" \(not both\)',
+        ),
+    ],
+    ids=["undeclared-image", "no-cmd", "shell-form-cmd", "entrypoint", "command-override", "both"],
+)
+def test_infra_refuses_an_image_function_it_cannot_run(
+    tmp_path: Path, function: str, dockerfile_text: str, message: str
+) -> None:
+    (tmp_path / "traffic.Dockerfile").write_text(dockerfile_text)
+    config = tmp_path / "serverless.yml"
+    config.write_text(_IMAGE_SERVICE.format(function=function))
+    stack = infra.load(config)
+    with pytest.raises(infra.FunctionImageError, match=message):
+        stack.functions()
 
 
 # IAM of the train function: what its launch and alarm calls need, no more -------------------

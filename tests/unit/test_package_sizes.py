@@ -3,7 +3,8 @@
 Lambda counts a function's own zip plus every layer it references, extracted: at most
 262,144,000 bytes (docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html), else
 InvalidParameterValueException "Function code combined with layers exceeds the maximum allowed
-size of 262144000 bytes. The actual size is N bytes."
+size of 262144000 bytes. The actual size is N bytes." A container image function has no zip:
+the check lists it, with its own limit, and refuses it layers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from scripts.package_functions import (
     PackageTooLarge,
     UnknownLayer,
     check_unzipped_sizes,
+    image_functions,
     packaged_functions,
     unzipped_size,
 )
@@ -55,13 +57,10 @@ def test_limit_is_awss_number_of_bytes() -> None:
     assert LAMBDA_UNZIPPED_LIMIT == 262_144_000
 
 
-def test_unzipped_size_counts_a_nested_zip_as_the_file_it_is(tmp_path: Path) -> None:
-    inner = _zip(tmp_path / "inner.zip", {"big": 10_000_000})
-    outer = tmp_path / "outer.zip"
-    with zipfile.ZipFile(outer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.write(inner, "traffic/deps.zip")
-        archive.writestr("traffic/unpack", "#!/bin/sh\n")
-    assert unzipped_size(outer) == inner.stat().st_size + len("#!/bin/sh\n")
+def test_unzipped_size_is_the_sum_of_the_entries_uncompressed(tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "fn.zip", {"lambdas/a.py": 10_000_000, "lambdas/b.py": 7})
+    assert archive.stat().st_size < 1_000_000  # deflated zeros: the measure is not the file's size
+    assert unzipped_size(archive) == 10_000_007
 
 
 def test_check_unzipped_sizes_accepts_a_function_exactly_at_the_limit(
@@ -122,8 +121,9 @@ def test_check_unzipped_sizes_names_every_function_over_and_prints_each_margin(
     )
 
 
-def _osls_output(service: Path, layers: list[object]) -> Path:
-    """The parts of an `osls package` folder the check reads, shaped as osls 4.3.1 writes them."""
+def _osls_output(service: Path, layers: list[object], image_layers: list[object] | None = None) -> Path:
+    """The parts of an `osls package` folder the check reads, shaped as osls 4.3.1 writes them;
+    with ``image_layers``, also a container image function (Layers only if not empty)."""
     package = service / ".serverless"
     package.mkdir(parents=True)
     (service / "build").mkdir()
@@ -154,6 +154,17 @@ def _osls_output(service: Path, layers: list[object]) -> Path:
             },
         }
     }
+    if image_layers is not None:
+        image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/serverless-autoretrain-dev@sha256:" + "ab" * 32
+        template["Resources"]["TrafficLambdaFunction"] = {
+            "Type": "AWS::Lambda::Function",
+            "Properties": {
+                "Code": {"ImageUri": image},
+                "PackageType": "Image",
+                "FunctionName": "autoretrain-dev-traffic",
+                **({"Layers": image_layers} if image_layers else {}),
+            },
+        }
     state = {
         "service": {
             "initialServerlessConfig": {"layers": {"numpy": {"package": {"artifact": "build/numpy.zip"}}}},
@@ -174,6 +185,40 @@ def test_packaged_functions_pairs_each_function_with_its_layer_artifacts(tmp_pat
         FunctionPackage("autoretrain-dev-models", package / "models.zip"),
     ]
     assert [s.total for s in check_unzipped_sizes(packaged_functions(package))] == [320, 7]
+
+
+def test_an_image_function_is_listed_not_measured(tmp_path: Path) -> None:
+    package = _osls_output(tmp_path, [{"Ref": "NumpyLambdaLayer"}], image_layers=[])
+    assert [f.name for f in packaged_functions(package)] == [
+        "autoretrain-dev-infer",
+        "autoretrain-dev-models",
+    ]
+    assert image_functions(package) == ["autoretrain-dev-traffic"]
+
+
+def test_an_image_function_with_layers_is_refused(tmp_path: Path) -> None:
+    package = _osls_output(
+        tmp_path, [{"Ref": "NumpyLambdaLayer"}], image_layers=[{"Ref": "NumpyLambdaLayer"}]
+    )
+    with pytest.raises(
+        PackageCheckError, match=r"^autoretrain-dev-traffic: a container image function cannot have layers"
+    ):
+        image_functions(package)
+
+
+def test_main_check_sizes_reports_an_image_function_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = _osls_output(tmp_path, [{"Ref": "NumpyLambdaLayer"}], image_layers=[])
+    assert package_functions.main(["--check-sizes", str(package)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "autoretrain-dev-infer: 320 bytes unzipped (code 20 + layer numpy 300); "
+        "margin 262,143,680 bytes (250.0 MB) to the 262,144,000-byte limit",
+        "autoretrain-dev-models: 7 bytes unzipped (code 7); "
+        "margin 262,143,993 bytes (250.0 MB) to the 262,144,000-byte limit",
+        "autoretrain-dev-traffic: container image (Lambda's limit is 10 GB uncompressed, "
+        "not the 250 MB of a zip package)",
+    ]
 
 
 def test_packaged_functions_refuses_a_layer_it_cannot_measure(tmp_path: Path) -> None:
