@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh models web lock clean
+.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh bench-cold models web lock clean
 
 help:
 	@echo "make demo   - run the whole retraining loop on the local cloud, then stop"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench-load - bursts of 50-200 clients and 100,000 samples flowing (figures)"
 	@echo "make bench-train - a retrain at 1k-1M samples, old trainer vs new: time, memory, accuracy"
 	@echo "make bench-fresh - 100,000 samples posted, one retrain: from POST to /infer, by phase"
+	@echo "make bench-cold - the traffic function's image: cold start and size, against the old layer"
 	@echo "make lint   - ruff and mypy"
 	@echo "make models - print the model table of the running local cloud (or AWS)"
 	@echo "make web    - build/web: the page as static files (API=https://... names the API)"
@@ -80,6 +81,9 @@ bench-train: install
 bench-fresh: install
 	$(PY) -m scripts.bench_fresh $(ARGS)
 
+bench-cold: install
+	$(PY) -m scripts.bench_coldstart $(ARGS)
+
 models: $(STAMP)
 	$(PY) -m scripts.models
 
@@ -94,8 +98,9 @@ clean:
 	rm -rf .localcloud .pytest_cache .ruff_cache .mypy_cache
 
 # Deploying to AWS (infra/README.md): STAGE and REGION select the stack; deploy, remove and
-# image use the current AWS credentials. package needs them too: osls asks CloudFormation
-# whether the layers are already uploaded (the offline test answers it from moto).
+# image use the current AWS credentials. package needs them too, and a docker daemon: osls asks
+# CloudFormation whether the layer is already uploaded, and builds the traffic function's image
+# and pushes it to ECR (the offline test answers from moto, with a docker stand-in).
 STAGE ?= dev
 REGION ?= us-east-1
 FUNCTION ?= train
@@ -113,5 +118,20 @@ remove: $(STAMP) $(NODE_STAMP)
 logs: $(STAMP) $(NODE_STAMP)
 	scripts/deploy.sh logs $(STAGE) $(FUNCTION) $(REGION)
 
+# IMAGE=trainer (the default) builds the trainer image and pushes it to the stage's repository.
+# IMAGE=traffic builds the traffic function's image here (deploy builds and pushes it itself):
+# with docker when a daemon answers, else its steps are carried out into build/traffic-image.
+IMAGE ?= trainer
 image:
+ifeq ($(IMAGE),traffic)
+	@if docker info >/dev/null 2>&1; then \
+	  docker build --platform linux/amd64 --provenance=false -f lambdas/traffic.Dockerfile -t autoretrain-traffic . ; \
+	else \
+	  echo "no docker daemon: carrying out lambdas/traffic.Dockerfile into build/traffic-image"; \
+	  $(MAKE) --no-print-directory $(STAMP) && $(PY) -m localcloud.imagebuild build lambdas/traffic.Dockerfile . build/traffic-image; \
+	fi
+else ifeq ($(IMAGE),trainer)
 	scripts/image.sh $(STAGE) $(REGION)
+else
+	$(error IMAGE must be trainer or traffic, not $(IMAGE))
+endif
