@@ -26,6 +26,7 @@ help:
 	@echo "make bench-train - a retrain at 1k-1M samples, old trainer vs new: time, memory, accuracy"
 	@echo "make bench-fresh - 100,000 samples posted, one retrain: from POST to /infer, by phase"
 	@echo "make bench-cold - the traffic function's image: cold start and size, against the old layer"
+	@echo "make image IMAGE=traffic - build the traffic function's image (without docker: build/traffic-image)"
 	@echo "make lint   - ruff and mypy"
 	@echo "make models - print the model table of the running local cloud (or AWS)"
 	@echo "make web    - build/web: the page as static files (API=https://... names the API)"

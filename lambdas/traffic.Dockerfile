@@ -3,7 +3,7 @@
 # package, well inside its 10 GB for an image. Build from the repository root:
 #   docker build --platform linux/amd64 --provenance=false -f lambdas/traffic.Dockerfile .
 # `make package` / `make deploy` build and push it (osls, provider.ecr.images.traffic); without a
-# docker daemon, `make traffic-image` runs the same steps into build/traffic-image.
+# docker daemon, `make image IMAGE=traffic` runs the same steps into build/traffic-image.
 #
 # AWS's Lambda base image for python3.12 (the runtime of the other functions), Amazon Linux
 # 2023, pinned to a dated x86_64 release: rebuild on a newer tag to take AWS's patches.
@@ -23,10 +23,10 @@ WORKDIR ${LAMBDA_TASK_ROOT}
 # Dependencies first, at the pinned versions, so this layer is rebuilt only when they change.
 # Test suites and console scripts are never imported: removing them in the same step keeps them
 # out of the image. The byte code pip compiled stays: the file system is read-only at run time,
-# so Python could not cache it there.
+# so Python could not cache it there. The base image has no `find` (no findutils): Python prunes.
 COPY requirements/traffic.txt requirements/lock.txt requirements/
 RUN pip install --no-cache-dir -r requirements/traffic.txt -c requirements/lock.txt --target "${LAMBDA_TASK_ROOT}" \
-    && find "${LAMBDA_TASK_ROOT}" -type d -name tests -prune -exec rm -rf {} + \
+    && python -c 'import pathlib, shutil, sys; [shutil.rmtree(p) for p in sorted(pathlib.Path(sys.argv[1]).rglob("tests"), reverse=True) if p.is_dir()]' "${LAMBDA_TASK_ROOT}" \
     && rm -rf "${LAMBDA_TASK_ROOT:?}/bin" requirements
 
 # The handler and the shared core it imports.

@@ -1,51 +1,48 @@
-"""A Lambda container image built without a docker daemon, and started cold.
+"""A Lambda container image built without a docker daemon.
 
 This machine has a docker client but no engine. To exercise an image's steps anyway, its
 Dockerfile is carried out into a directory standing for the image's root file system (the
-"tree", ``OUT/rootfs``):
+"tree", ``OUT/rootfs``); ``localcloud/coldstart.py`` then starts it as Lambda would.
 
 - ``FROM`` must name AWS's Lambda Python base image. Nothing is pulled: the tree starts empty,
   with the base image's environment and working directory (aws/aws-lambda-base-images,
   ``Dockerfile.python3.12``: ``LAMBDA_TASK_ROOT=/var/task``, ``LAMBDA_RUNTIME_DIR=/var/runtime``,
-  ``WORKDIR /var/task``). Its Python is this machine's interpreter (3.12 in the image, this
-  machine's otherwise: the same pinned releases, built for the interpreter that runs them), and
-  the packages the base image carries for the runtime (boto3 and its dependencies) are this
-  environment's.
+  ``WORKDIR /var/task``). Its Python is this machine's interpreter (3.12 in the image; the same
+  pinned releases are installed, built for the interpreter that runs them), and the packages
+  the base image carries for the runtime (boto3 and its dependencies) are this environment's.
+- A ``RUN`` finds only the commands the base image has (``BASE_COMMANDS``, with sources):
+  ``find``, for one, is not there, as it is not in the image.
 - ``ARG``, ``ENV``, ``WORKDIR``, ``COPY`` (sources from the context, ``.dockerignore`` applied),
-  ``RUN`` (bash, in the working directory, with the image's environment) and ``CMD`` are
-  carried out; any other instruction is refused.
+  ``RUN`` and ``CMD`` are carried out; any other instruction is refused.
 - A path in the image (an environment value, a ``COPY`` destination, ``WORKDIR``) is the same
-  path under the tree. A ``RUN`` may name paths only through the environment or relative to
-  the working directory: a literal absolute path would reach outside the tree and is refused.
-- ``pip`` in a ``RUN`` is this environment's pip, with its download cache (the image's
-  ``--no-cache-dir`` and ``PIP_NO_CACHE_DIR`` only keep that cache out of the image's layers).
+  path under the tree. A ``RUN`` should name paths only through the environment or relative to
+  the working directory; one that names an absolute path literally is refused. That check
+  reads the command's text (``/`` at the start of a word): it is a guard, not a sandbox.
+- ``pip`` in a ``RUN`` is this environment's pip with this machine's pip settings and download
+  cache (the image's ``--no-cache-dir`` and ``PIP_NO_CACHE_DIR`` keep that cache out of the
+  image's layers, which a tree does not have).
 
-``start_cold`` starts the image as Lambda does on a cold start: a new process, the tree
-read-only (Lambda runs an image on a read-only file system, ``/tmp`` apart: "Create a Lambda
-function using a container image", requirements), ``/tmp`` a new empty directory, ``HOME``
-unwritable. It imports the handler that ``CMD`` names (the init phase, which Lambda limits to
-10 s: "Understanding the Lambda execution environment lifecycle") and calls it once.
+Where docker differs and this does not follow (stricter or simply unsupported): ``RUN`` runs
+with ``bash -euo pipefail`` (docker: ``/bin/sh -c``); ``COPY`` takes no options or wildcards,
+copies files a symlink points to and leaves out empty directories; one stage, no ``ARG``
+before ``FROM``; ``.dockerignore`` without ``!`` exceptions.
 
     python -m localcloud.imagebuild build DOCKERFILE CONTEXT OUT
-    python -m localcloud.imagebuild start OUT [--event JSON] [--env K=V ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +56,23 @@ BASE_WORKDIR = "/var/task"
 RUNTIME_SITE = "/var/lang/lib/site-packages"
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
 SUPPORTED = {"FROM", "ARG", "ENV", "WORKDIR", "COPY", "RUN", "CMD"}
+# The commands of the python3.12 base image a RUN may use, taken from this machine: its rpm list
+# has bash, coreutils-single, grep, gawk and curl-minimal and no findutils
+# (amazonlinux/amazon-linux-2023#585, `rpm -qa` in public.ecr.aws/lambda/python:3.12;
+# "Missing `find` command in `lambda/python:3.12` image", aws/aws-lambda-base-images#196).
+# python and pip are the image's own (/var/lang/bin), written as wrappers below.
+BASE_COMMANDS = (
+    "bash",
+    "sh",
+    *("basename", "cat", "chmod", "cp", "cut", "date", "dirname", "env", "false", "head", "ln", "ls"),
+    *("mkdir", "mv", "rm", "rmdir", "sleep", "sort", "tail", "touch", "tr", "true", "uname", "wc"),
+    "grep",
+    "gawk",
+    "awk",
+    "curl",
+)
+# This machine's pip settings reach a RUN's pip (an index mirror, a certificate, a proxy).
+_PASSED_THROUGH = re.compile(r"PIP_(?!NO_CACHE_DIR$)\w+|(?i:https?_proxy|no_proxy)|OPENBLAS_\w+")
 # A literal absolute path in a RUN: "/" at the start of a word (after a space, quote, = or ().
 _LITERAL_ABSOLUTE = re.compile(r"(?:^|[\s\"'=(])/")
 
@@ -113,7 +127,8 @@ class Image:
         return cls(**data)
 
 
-def _ignore_patterns(context: Path) -> list[re.Pattern[str]]:
+def ignore_patterns(context: Path) -> list[re.Pattern[str]]:
+    """The context's ``.dockerignore`` as regular expressions over paths relative to it."""
     path = context / ".dockerignore"
     if not path.is_file():
         return []
@@ -131,7 +146,8 @@ def _ignore_patterns(context: Path) -> list[re.Pattern[str]]:
     return patterns
 
 
-def _ignored(relative: str, patterns: list[re.Pattern[str]]) -> bool:
+def ignored(relative: str, patterns: list[re.Pattern[str]]) -> bool:
+    """Whether ``relative`` (a path in the context) or a folder holding it is excluded."""
     parts = relative.split("/")
     return any(p.match("/".join(parts[:n])) for n in range(1, len(parts) + 1) for p in patterns)
 
@@ -149,7 +165,7 @@ class _Builder:
         self.workdir = "/"
         self.cmd: list[str] = []
         self.base = ""
-        self.ignore = _ignore_patterns(self.context)
+        self.ignore = ignore_patterns(self.context)
 
     def tree(self, image_path: str) -> Path:
         return self.root / image_path.lstrip("/")
@@ -164,13 +180,10 @@ class _Builder:
         }
 
     def run_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}
+        env = {k: v for k, v in os.environ.items() if _PASSED_THROUGH.fullmatch(k)}
+        env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
         env.update(self.mapped_env())
-        env.update(
-            PATH=f"{self.bin}:/usr/bin:/bin",
-            PYTHONPATH=str(self.tree(RUNTIME_SITE)),
-            HOME=str(self.out / "home"),
-        )
+        env.update(PATH=str(self.bin), PYTHONPATH=str(self.tree(RUNTIME_SITE)), HOME=str(self.out / "home"))
         return env
 
     def build(self) -> Image:
@@ -184,7 +197,7 @@ class _Builder:
             )
         if sum(i.keyword == "FROM" for i in instructions) != 1:
             raise DockerfileError(f"{self.dockerfile_path}: one FROM (one stage) is supported here")
-        shutil.rmtree(self.out, ignore_errors=True)
+        _remove(self.out)
         self.root.mkdir(parents=True)
         (self.out / "home").mkdir()
         self._write_tools()
@@ -211,9 +224,13 @@ class _Builder:
         return image
 
     def _write_tools(self) -> None:
-        """``python`` and ``pip`` as a RUN finds them: this interpreter, without this
-        environment's packages for python (the image has only its own)."""
+        """The base image's commands, and ``python`` and ``pip`` as a RUN finds them: this
+        interpreter, without this environment's packages for python (the image has only its
+        own). A command this machine lacks is left out: it fails, the strict side."""
         self.bin.mkdir()
+        for name in BASE_COMMANDS:
+            if host := shutil.which(name, path="/usr/bin:/bin"):
+                (self.bin / name).symlink_to(host)
         python = self.bin / "python"
         python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
         pip = self.bin / "pip"
@@ -274,7 +291,7 @@ class _Builder:
             if not path.is_relative_to(self.context) or not path.exists():
                 raise DockerfileError(f"line {instruction.line}: COPY {source}: not found in the context")
             relative = path.relative_to(self.context).as_posix()
-            if _ignored(relative, self.ignore):
+            if ignored(relative, self.ignore):
                 raise DockerfileError(f"line {instruction.line}: COPY {source}: excluded by .dockerignore")
             if path.is_dir():
                 self._copy_tree(path, target)
@@ -287,7 +304,7 @@ class _Builder:
         """A directory's contents (not the directory itself), as docker copies them."""
         for path in sorted(source.rglob("*")):
             relative = path.relative_to(self.context).as_posix()
-            if path.is_dir() or _ignored(relative, self.ignore):
+            if path.is_dir() or ignored(relative, self.ignore):
                 continue
             destination = target / path.relative_to(source)
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -320,169 +337,22 @@ class _Builder:
         self.cmd = instruction.exec_form()
 
 
+def _remove(tree: Path) -> None:
+    """Delete a previous build, write permission restored where a cold start removed it."""
+
+    def writable_then_retry(function: Any, path: str, _: Any) -> None:
+        os.chmod(os.path.dirname(path), stat.S_IRWXU)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, stat.S_IRWXU)
+        function(path)
+
+    if tree.exists():
+        shutil.rmtree(tree, onerror=writable_then_retry)
+
+
 def build(dockerfile_path: Path, context: Path, out: Path, *, progress: Progress = print) -> Image:
     """Carry out ``dockerfile_path`` with ``context`` into ``out`` (replaced)."""
     return _Builder(dockerfile_path, context, out, progress).build()
-
-
-# --- a cold start -----------------------------------------------------------------------------
-
-_BOOTSTRAP = """
-import importlib, json, os, sys, time
-started = time.perf_counter()
-module_name, attribute = os.environ["_HANDLER"].rsplit(".", 1)
-sys.path.insert(0, os.environ["LAMBDA_TASK_ROOT"])
-handler = getattr(importlib.import_module(module_name.replace("/", ".")), attribute)
-initialised = time.perf_counter()
-result = handler(json.loads(sys.argv[1]), None)
-answered = time.perf_counter()
-print(json.dumps({"init_s": initialised - started, "first_s": answered - initialised, "result": result}))
-"""
-# A mount namespace of its own, where the tree is bound read-only onto itself ($0: the tree).
-_UNSHARE = ["unshare", "--mount", "--propagation", "private", "--", "bash", "-c"]
-_READ_ONLY_MOUNT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
-
-
-@dataclass(frozen=True)
-class ColdStart:
-    init_s: float  # importing the handler module: Lambda's init phase
-    first_s: float  # the first invocation
-    process_s: float  # from starting the process to its answer, the interpreter's start included
-    result: Any
-    read_only: str  # how the tree was made read-only
-    tmp_files: dict[str, int]  # what the run left in /tmp: path -> bytes
-
-    @property
-    def cold_s(self) -> float:
-        return self.process_s
-
-
-def _can_mount_read_only() -> bool:
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        return False
-    with tempfile.TemporaryDirectory() as scratch:
-        probe = subprocess.run(
-            [
-                *_UNSHARE,
-                _READ_ONLY_MOUNT,
-                scratch,
-                "bash",
-                "-c",
-                'touch "$0/x" 2>/dev/null && exit 1 || exit 0',
-                scratch,
-            ],
-            capture_output=True,
-        )
-        return probe.returncode == 0
-
-
-def run_environment(image: Image, tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """What the function's process gets: the image's environment (its paths in the tree, /tmp
-    the run's own), the variables Lambda's runtime sets, and ``extra`` (the function's)."""
-
-    def mapped(value: str) -> str:
-        if value == "/tmp" or value.startswith("/tmp/"):
-            return str(tmp / value.removeprefix("/tmp").lstrip("/"))
-        return str(image.path(value)) if value.startswith("/") else value
-
-    env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}
-    env.update({k: mapped(v) for k, v in image.env.items()})
-    env.update(
-        _HANDLER=image.handler,
-        PATH="/usr/bin:/bin",
-        PYTHONPATH=str(image.path(RUNTIME_SITE)),
-        HOME=str(image.path("/home/sbx_user")),  # absent and read-only, as Lambda's user's is
-        TMPDIR=str(tmp),
-        AWS_REGION="us-east-1",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_LAMBDA_FUNCTION_NAME="cold-start",
-        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="1024",
-    )
-    env.update(extra or {})
-    return env
-
-
-def invoke_fresh(
-    cwd: Path, env: dict[str, str], event: Any, *, prefix: list[str] | None = None, timeout: float = 120.0
-) -> tuple[dict[str, Any], float]:
-    """Import ``_HANDLER`` in a new interpreter and call it once: its timings and answer, and the
-    seconds from starting the process to its answer. ``prefix`` wraps the command."""
-    command = [*(prefix or []), sys.executable, "-S", "-c", _BOOTSTRAP, json.dumps(event)]
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"the cold start failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1]), elapsed
-
-
-def start_cold(
-    image: Image, event: Any, *, env: dict[str, str] | None = None, timeout: float = 120.0
-) -> ColdStart:
-    """Import the image's handler in a new process, the tree read-only, and call it once."""
-    with tempfile.TemporaryDirectory(prefix="lambda-tmp-") as scratch:
-        tmp = Path(scratch)
-        prefix: list[str] = []
-        restore: list[tuple[Path, int]] = []
-        if _can_mount_read_only():
-            how = "read-only bind mount"
-            prefix = [*_UNSHARE, _READ_ONLY_MOUNT, str(image.root)]
-        else:
-            how = "write permission removed"
-            for path in [image.root, *image.root.rglob("*")]:
-                if not path.is_symlink():
-                    mode = path.stat().st_mode
-                    restore.append((path, mode))
-                    path.chmod(mode & ~0o222)
-        try:
-            answer, elapsed = invoke_fresh(
-                image.path(image.env.get("LAMBDA_TASK_ROOT", image.workdir)),
-                run_environment(image, tmp, env),
-                event,
-                prefix=prefix,
-                timeout=timeout,
-            )
-        finally:
-            for path, mode in reversed(restore):
-                path.chmod(mode)
-        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in tmp.rglob("*") if p.is_file()}
-        return ColdStart(
-            init_s=answer["init_s"],
-            first_s=answer["first_s"],
-            process_s=elapsed,
-            result=answer["result"],
-            read_only=how,
-            tmp_files=files,
-        )
-
-
-@contextlib.contextmanager
-def upload_stub() -> Iterator[str]:
-    """A stand-in for ``POST /upload`` that accepts every batch (a first invocation that needs no
-    cloud): its base URL, for the traffic function's API_URL."""
-
-    class Upload(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
-            count = len(body.get("samples", []))
-            reply = json.dumps({"written": count, "ids": [f"stub-{i}" for i in range(count)]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upload)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,23 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     build_parser.add_argument("dockerfile", type=Path)
     build_parser.add_argument("context", type=Path)
     build_parser.add_argument("out", type=Path)
-    start_parser = commands.add_parser("start", help="a cold start of a built image")
-    start_parser.add_argument("out", type=Path)
-    start_parser.add_argument("--event", default="{}", help="the first invocation's event, JSON")
-    start_parser.add_argument("--env", action="append", default=[], metavar="K=V", help="(API_URL: a stub)")
     args = parser.parse_args(argv)
-    if args.command == "build":
-        try:
-            image = build(args.dockerfile, args.context, args.out)
-        except DockerfileError as err:
-            print(f"image build failed: {err}", file=sys.stderr)
-            return 1
-        print(f"built {args.out / 'rootfs'}: {image.size() / 1e6:.1f} MB, CMD {image.cmd}")
-        return 0
-    extra = dict(pair.split("=", 1) for pair in args.env)
-    with upload_stub() as url:
-        cold = start_cold(Image.load(args.out), json.loads(args.event), env={"API_URL": url, **extra})
-    print(json.dumps(asdict(cold), indent=1))
+    try:
+        image = build(args.dockerfile, args.context, args.out)
+    except DockerfileError as err:
+        print(f"image build failed: {err}", file=sys.stderr)
+        return 1
+    print(f"built {args.out / 'rootfs'}: {image.size() / 1e6:.1f} MB, CMD {image.cmd}")
+    print(f"start it cold: python -m localcloud.coldstart {args.out}")
     return 0
 
 

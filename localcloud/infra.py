@@ -91,7 +91,7 @@ class Stack:
     arns: dict[str, str] = field(default_factory=dict)  # logical id -> ARN or URL
     # The file the config was read from: an image's path is relative to its folder.
     source: Path = SERVERLESS_YML
-    _commands: dict[Path, list[str]] = field(default_factory=dict, repr=False)
+    _commands: dict[Path, list[str]] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def custom(self) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from lambdas.core.schema import LABELS
 kernels.use_image_cache()
 from pythermalcomfort.models import pmv_ppd_iso  # noqa: E402
 
+kernels.log_cache_use()
+
 MET = 1.1  # met: seated, light office work
 COLD_BELOW = -0.5
 WARM_ABOVE = 0.5

@@ -25,16 +25,17 @@ import argparse
 import os
 import shutil
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
 
+from lambdas.core import log
 from lambdas.core.errors import ConfigError
 
 IMAGE_DIR_VAR = "KERNEL_CACHE_IMAGE_DIR"
 PORTABLE_CPU = "generic"
 
 
-def use_image_cache(env: MutableMapping[str, str] | None = None) -> Path | None:
+def use_image_cache(env: Mapping[str, str] | None = None) -> Path | None:
     """Copy the image's compiled kernels to ``NUMBA_CACHE_DIR``; None outside an image.
 
     Must run before numba is imported: numba reads ``NUMBA_CACHE_DIR`` once, at import.
@@ -48,13 +49,49 @@ def use_image_cache(env: MutableMapping[str, str] | None = None) -> Path | None:
         raise ConfigError(f"{IMAGE_DIR_VAR} is set: NUMBA_CACHE_DIR must name a writable directory")
     if env.get("NUMBA_CPU_NAME") != PORTABLE_CPU:
         raise ConfigError(f"{IMAGE_DIR_VAR} is set: NUMBA_CPU_NAME must be {PORTABLE_CPU!r}, as at build")
-    if not Path(source).is_dir():
-        raise ConfigError(f"{IMAGE_DIR_VAR}={source} is not a directory: the image has no compiled kernels")
+    if not any(Path(source).rglob("*.nbi")):
+        raise ConfigError(
+            f"{IMAGE_DIR_VAR}={source} holds no kernel index: the image has no compiled kernels"
+        )
     if "numba" in sys.modules:
         raise ConfigError(f"{IMAGE_DIR_VAR} is set but numba was imported before its cache was in place")
     # Once per execution environment: /tmp outlives an invocation, not the environment.
     shutil.copytree(source, target, dirs_exist_ok=True)
     return Path(target)
+
+
+def _stamps(directory: Path) -> dict[str, tuple[int, int]]:
+    return {
+        p.relative_to(directory).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
+
+
+def compiled_at_start(env: Mapping[str, str] | None = None) -> list[str]:
+    """Kernel files in ``NUMBA_CACHE_DIR`` that differ from the image's copy: what numba
+    compiled (or compiled again) in this process. Empty outside an image."""
+    env = os.environ if env is None else env
+    source = env.get(IMAGE_DIR_VAR, "").strip()
+    if not source:
+        return []
+    built = _stamps(Path(source))
+    return sorted(
+        name for name, stamp in _stamps(Path(env["NUMBA_CACHE_DIR"])).items() if built.get(name) != stamp
+    )
+
+
+def log_cache_use(env: Mapping[str, str] | None = None) -> None:
+    """One line saying whether the image's kernels served the import (the first deploy's check
+    that Lambda's file system kept them valid); nothing outside an image."""
+    env = os.environ if env is None else env
+    if not env.get(IMAGE_DIR_VAR, "").strip():
+        return
+    compiled = compiled_at_start(env)
+    if compiled:
+        log.warning("numba_kernels_compiled", files=len(compiled), first=compiled[:3])
+    else:
+        log.log("numba_kernels_loaded", directory=env["NUMBA_CACHE_DIR"])
 
 
 def compile_into(target: Path) -> list[Path]:

@@ -67,11 +67,12 @@ TRAFFIC_DOCKERFILE = Path("lambdas") / "traffic.Dockerfile"
 # DOCKERFILE CONTEXT --platform=... --provenance=...; tag; push, whose output osls searches for
 # the first sha256:<64 hex>. Each call is recorded in calls.jsonl next to this script.
 _DOCKER = """#!{python}
-import fnmatch, hashlib, json, os, sys
+import hashlib, json, os, sys
 from pathlib import Path
 
 sys.path.insert(0, {root!r})
 from localcloud import dockerfile
+from localcloud.imagebuild import ignore_patterns, ignored
 
 HERE = Path(__file__).resolve().parent
 IMAGES = HERE / "images.json"
@@ -89,21 +90,6 @@ def record(argv, **extra):
 
 def images():
     return json.loads(IMAGES.read_text()) if IMAGES.exists() else {{}}
-
-
-def ignore_patterns(context):
-    path = context / ".dockerignore"
-    lines = path.read_text().splitlines() if path.exists() else []
-    patterns = [line.strip().strip("/") for line in lines if line.strip() and not line.startswith("#")]
-    if any(p.startswith("!") for p in patterns):
-        fail("exceptions (!) in .dockerignore are not supported")
-    return patterns
-
-
-def ignored(relative, patterns):
-    parts = relative.split("/")
-    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    return any(fnmatch.fnmatch(prefix, p) for p in patterns for prefix in prefixes)
 
 
 def sent(context, source, patterns):

@@ -10,7 +10,7 @@ import pytest
 
 from lambdas.core import kernels
 from lambdas.core.errors import ConfigError
-from localcloud import dockerfile, imagebuild
+from localcloud import coldstart, dockerfile, imagebuild
 from localcloud.dockerfile import DockerfileError
 
 BASE = "FROM public.ecr.aws/lambda/python:3.12.2026.06.13.12-x86_64\n"
@@ -98,6 +98,8 @@ def test_a_build_carries_out_env_workdir_copy_run_and_cmd_into_the_tree(tmp_path
         (BASE + "COPY *.txt x/\n", {}, "wildcards"),
         (BASE + "RUN exit 3\n", {}, "RUN exited with 3"),
         (BASE + "ENV A=1\n", {}, "no CMD"),
+        # The python3.12 base image has no findutils: find is "command not found" (127) here too.
+        (BASE + "RUN find . -name x\n", {}, "RUN exited with 127"),
     ],
 )
 def test_a_build_refuses_what_it_cannot_carry_out_faithfully(
@@ -124,16 +126,21 @@ def test_a_cold_start_imports_the_handler_read_only_and_reports_its_phases(tmp_p
             )
         },
     )
-    cold = imagebuild.start_cold(image, {"answer": 42})
+    cold = coldstart.start_cold(image, {"answer": 42})
     assert cold.result == 42  # the handler could not write into the image
-    assert cold.tmp_files == {"note": 1}  # but /tmp is its own and writable
-    assert 0 < cold.init_s < cold.process_s and cold.first_s > 0
-    assert cold.read_only in {"read-only bind mount", "write permission removed"}
+    assert list(cold.tmp_files) == ["note"] and cold.tmp_files["note"][0] == 1  # /tmp is its own
+    assert 0 < cold.import_s < cold.init_s < cold.process_s and cold.first_s > 0
+    assert (
+        cold.read_only.startswith("read-only bind mount") or cold.read_only == coldstart.PERMISSIONS_REMOVED
+    )
     assert not image.path("/var/task/app/new").exists()
+    # A second build over the first replaces it, whatever the start did to its permissions.
+    assert _build(tmp_path, BASE + 'CMD ["x.y"]\n').cmd == ["x.y"]
 
 
-def test_use_image_cache_does_nothing_outside_an_image(tmp_path: Path) -> None:
+def test_use_image_cache_does_nothing_outside_an_image() -> None:
     assert kernels.use_image_cache({}) is None
+    assert kernels.compiled_at_start({}) == []
 
 
 def test_use_image_cache_copies_the_built_kernels_before_numba_is_imported(
@@ -150,6 +157,9 @@ def test_use_image_cache_copies_the_built_kernels_before_numba_is_imported(
     monkeypatch.delitem(sys.modules, "numba", raising=False)
     assert kernels.use_image_cache(env) == tmp_path / "tmp" / "c"
     assert (tmp_path / "tmp" / "c" / "pkg_abc" / "f-1.py312.nbi").read_bytes() == b"index"
+    assert kernels.compiled_at_start(env) == []  # the copy keeps size and time: nothing new
+    (tmp_path / "tmp" / "c" / "pkg_abc" / "f-1.py312.1.nbc").write_bytes(b"compiled here")
+    assert kernels.compiled_at_start(env) == ["pkg_abc/f-1.py312.1.nbc"]
 
 
 @pytest.mark.parametrize(
@@ -158,12 +168,21 @@ def test_use_image_cache_copies_the_built_kernels_before_numba_is_imported(
         ({"NUMBA_CACHE_DIR": ""}, "NUMBA_CACHE_DIR must name"),
         ({"NUMBA_CPU_NAME": "skylake"}, "NUMBA_CPU_NAME must be 'generic'"),
         ({"KERNEL_CACHE_IMAGE_DIR": "/nonexistent/cache"}, "has no compiled kernels"),
+        ({"KERNEL_CACHE_IMAGE_DIR": "{empty}"}, "holds no kernel index"),
     ],
 )
 def test_use_image_cache_refuses_an_image_that_would_compile_at_every_cold_start(
     tmp_path: Path, change: dict[str, str], message: str
 ) -> None:
-    env = {"KERNEL_CACHE_IMAGE_DIR": str(tmp_path), "NUMBA_CACHE_DIR": "/tmp/c", "NUMBA_CPU_NAME": "generic"}
+    (tmp_path / "built" / "pkg").mkdir(parents=True)
+    (tmp_path / "built" / "pkg" / "f-1.py312.nbi").write_bytes(b"index")
+    (tmp_path / "empty").mkdir()
+    env = {
+        "KERNEL_CACHE_IMAGE_DIR": str(tmp_path / "built"),
+        "NUMBA_CACHE_DIR": "/tmp/c",
+        "NUMBA_CPU_NAME": "generic",
+    }
+    change = {k: v.replace("{empty}", str(tmp_path / "empty")) for k, v in change.items()}
     with pytest.raises(ConfigError, match=message):
         kernels.use_image_cache({**env, **change})
 
@@ -171,6 +190,7 @@ def test_use_image_cache_refuses_an_image_that_would_compile_at_every_cold_start
 def test_use_image_cache_refuses_once_numba_is_imported(tmp_path: Path) -> None:
     import numba  # noqa: F401  (as it is once pythermalcomfort is)
 
+    (tmp_path / "f-1.py312.nbi").write_bytes(b"index")
     env = {"KERNEL_CACHE_IMAGE_DIR": str(tmp_path), "NUMBA_CACHE_DIR": "/tmp/c", "NUMBA_CPU_NAME": "generic"}
     with pytest.raises(ConfigError, match="numba was imported before"):
         kernels.use_image_cache(env)

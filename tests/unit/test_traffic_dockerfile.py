@@ -65,6 +65,16 @@ def test_the_requirements_installed_are_the_functions_pinned_ones() -> None:
     assert {"pythermalcomfort", "numba", "llvmlite", "scipy", "numpy"} <= set(lock)
 
 
+def test_the_code_goes_where_the_runtime_imports_it_from() -> None:
+    """The runtime puts LAMBDA_TASK_ROOT on the path: WORKDIR is it, and the code is copied
+    relative to it, into lambdas/."""
+    (workdir,) = instructions("WORKDIR")
+    assert workdir.arguments == "${LAMBDA_TASK_ROOT}"
+    code = [i.words() for i in instructions("COPY") if i.words()[0].startswith("lambdas/")]
+    assert code and all(words[-1] in {"lambdas/", "lambdas/core"} for words in code)
+    assert all(i.line > workdir.line for i in instructions("COPY"))
+
+
 def test_the_handler_the_image_runs_is_copied_and_callable() -> None:
     (cmd,) = instructions("CMD")
     (handler,) = cmd.exec_form()

@@ -6,19 +6,13 @@ import json
 import re
 from pathlib import Path
 
+from localcloud import dockerfile
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def instructions() -> list[tuple[str, str]]:
-    text = (ROOT / "trainer" / "Dockerfile").read_text()
-    text = re.sub(r"\\\n", " ", text)  # join continuation lines
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            out.append((keyword.upper(), rest.strip()))
-    return out
+    return [(i.keyword, i.arguments) for i in dockerfile.read(ROOT / "trainer" / "Dockerfile")]
 
 
 def test_trainer_dockerfile_base_image_is_slim_and_pinned() -> None:
