@@ -5,7 +5,8 @@ and serves until SIGTERM or SIGINT. Its own process means its own interpreter an
 functions, the drivers and the API front no longer queue behind moto's request handling.
 ``AwsServer`` starts and stops it from the local cloud. DynamoDB Scan is served by
 ``fastscan`` (a page costs the page, not the table; same answers as moto) unless
-``--moto-scan`` asks for moto's own, for comparisons.
+``--moto-scan`` asks for moto's own, for comparisons; TransactWriteItems by ``fasttransact`` (a
+transaction costs its items, not copies of its tables; same answers as moto).
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ def make_app(
 ) -> Any:
     from moto.server import DomainDispatcherApplication, create_backend_app
 
-    from localcloud import fastscan
+    from localcloud import fastscan, fasttransact
     from localcloud.gate import Gate, replay
 
     if not moto_scan:
         fastscan.install()  # before the journal is replayed: its puts and deletes are seen
+    fasttransact.install()  # a transaction costs its items, not copies of its tables
     moto_app = DomainDispatcherApplication(create_backend_app)
     if store is not None:
         store.restore(lambda entry: replay(moto_app, entry))

@@ -113,6 +113,12 @@ def _changed(table: Table) -> None:
         _orders.pop(table, None)
 
 
+def forget(table: Table) -> None:
+    """Drop the cached order of ``table``: its items were changed behind moto's put_item and
+    delete_item (a rolled-back transaction, ``localcloud/fasttransact.py``)."""
+    _changed(table)
+
+
 def _start_key(table: Table, exclusive_start_key: dict[str, Any]) -> Any:
     """The sort key of an ExclusiveStartKey, or None when it is not this table's key."""
     try:

@@ -92,7 +92,9 @@ def checks(call: ApiCall, *, account: str, region: str, world: World) -> list[Ch
 # Resource types: table arn:aws:dynamodb:<r>:<a>:table/<t>, index .../table/<t>/index/<i>,
 # stream .../table/<t>/stream/<label>. Transactions are authorized per item, as the item's
 # own action (TransactWriteItems Put -> dynamodb:PutItem, ConditionCheck ->
-# dynamodb:ConditionCheckItem; TransactGetItems Get -> dynamodb:GetItem):
+# dynamodb:ConditionCheckItem; TransactGetItems Get -> dynamodb:GetItem), with the condition key
+# dynamodb:EnclosingOperation naming the transaction, so a policy can allow an action only
+# inside one ("Example 2: Allow only transactional operations"; a plain call has no such key):
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html
 
 
@@ -126,19 +128,23 @@ _TRANSACT_WRITE_ACTIONS = {
 }
 
 
+_IN_TRANSACT_WRITE = {"dynamodb:EnclosingOperation": "TransactWriteItems"}
+_IN_TRANSACT_GET = {"dynamodb:EnclosingOperation": "TransactGetItems"}
+
+
 def _transact_write(p: dict[str, Any], account: str, region: str, world: World) -> list[Check]:
     out = []
     for item in p["TransactItems"]:
         for kind, body in item.items():
-            out.append(
-                Check(f"dynamodb:{_TRANSACT_WRITE_ACTIONS[kind]}", _table(body["TableName"], account, region))
-            )
+            action = f"dynamodb:{_TRANSACT_WRITE_ACTIONS[kind]}"
+            out.append(Check(action, _table(body["TableName"], account, region), _IN_TRANSACT_WRITE))
     return out
 
 
 def _transact_get(p: dict[str, Any], account: str, region: str, world: World) -> list[Check]:
     return [
-        Check("dynamodb:GetItem", _table(i["Get"]["TableName"], account, region)) for i in p["TransactItems"]
+        Check("dynamodb:GetItem", _table(i["Get"]["TableName"], account, region), _IN_TRANSACT_GET)
+        for i in p["TransactItems"]
     ]
 
 

@@ -32,6 +32,7 @@ STACK.arns.update(
         "ModelBucket.Arn": f"arn:aws:s3:::{BUCKET}",
         "TrainerRepository.Arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/autoretrain-test-trainer",
         "TrainFailureQueue.Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:autoretrain-test-train-failures",
+        "ScoreFailureQueue.Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:autoretrain-test-score-failures",
         "TrainInstanceRole.Arn": INSTANCE_ROLE,
     }
 )
@@ -146,12 +147,20 @@ def test_checks_transact_write_items_authorizes_each_item_as_its_own_action() ->
         ("dynamodb:DeleteItem", "b"),
         ("dynamodb:ConditionCheckItem", "b"),
     ]
+    assert {k.context["dynamodb:EnclosingOperation"] for k in checks(c)} == {"TransactWriteItems"}
+    assert checks(call("dynamodb", "UpdateItem", TableName="a", Key=ITEM))[0].context == {}
 
 
 def test_checks_transact_get_and_batch_get() -> None:
     assert checks(
         call("dynamodb", "TransactGetItems", TransactItems=[{"Get": {"TableName": "a", "Key": ITEM}}])
-    ) == [Check("dynamodb:GetItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/a")]
+    ) == [
+        Check(
+            "dynamodb:GetItem",
+            f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/a",
+            {"dynamodb:EnclosingOperation": "TransactGetItems"},
+        )
+    ]
     assert checks(call("dynamodb", "BatchGetItem", RequestItems={"a": {"Keys": [ITEM]}})) == [
         Check("dynamodb:BatchGetItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/a")
     ]
@@ -394,6 +403,32 @@ def test_registry_role_transaction_needs_put_item_on_the_model_table() -> None:
     )
     assert all_allowed("RegistryFunctionRole", puts)
     assert not all_allowed("RegistryFunctionRole", update)
+
+
+def test_score_role_updates_both_tables_only_inside_a_transaction() -> None:
+    data, model = STACK.table_name("DataTable"), STACK.table_name("ModelTable")
+    together = call(
+        "dynamodb",
+        "TransactWriteItems",
+        TransactItems=[
+            {"Update": {"TableName": data, "Key": ITEM}},
+            {"Update": {"TableName": model, "Key": {"pk": {"S": "live#v"}}}},
+        ],
+    )
+    assert all_allowed("ScoreFunctionRole", together)
+    for table in (data, model):
+        assert not all_allowed("ScoreFunctionRole", call("dynamodb", "UpdateItem", TableName=table, Key=ITEM))
+    put = call("dynamodb", "TransactWriteItems", TransactItems=[{"Put": {"TableName": model, "Item": ITEM}}])
+    assert not all_allowed("ScoreFunctionRole", put)
+    history = call("dynamodb", "Query", TableName=model, IndexName="by-kind")
+    assert all_allowed("ScoreFunctionRole", history)
+    assert not all_allowed("ScoreFunctionRole", call("dynamodb", "Query", TableName=data))
+    assert all_allowed(
+        "ModelsFunctionRole", call("dynamodb", "BatchGetItem", RequestItems={model: {"Keys": [ITEM]}})
+    )
+    assert not all_allowed(
+        "ModelsFunctionRole", call("dynamodb", "BatchGetItem", RequestItems={data: {"Keys": [ITEM]}})
+    )
 
 
 def test_function_roles_may_log_to_their_own_group_only() -> None:
