@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh bench-cold models web lock clean
+.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh bench-cold bench-score models web lock clean
 
 help:
 	@echo "make demo   - run the whole retraining loop on the local cloud, then stop"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench-fresh - 100,000 samples posted, one retrain: from POST to /infer, by phase"
 	@echo "make bench-cold - the traffic function's image: cold start and size, against the old layer"
 	@echo "make image IMAGE=traffic - build the traffic function's image (without docker: build/traffic-image)"
+	@echo "make bench-score - live scoring: the score function's time per record, first delivery and replay"
 	@echo "make lint   - ruff and mypy"
 	@echo "make models - print the model table of the running local cloud (or AWS)"
 	@echo "make web    - build/web: the page as static files (API=https://... names the API)"
@@ -84,6 +85,9 @@ bench-fresh: install
 
 bench-cold: install
 	$(PY) -m scripts.bench_coldstart $(ARGS)
+
+bench-score: install
+	$(PY) -m scripts.bench_score $(ARGS)
 
 models: $(STAMP)
 	$(PY) -m scripts.models

@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 
 from lambdas.core import log, settings
-from lambdas.core.errors import BadRequest, ConfigError, PayloadTooLarge, Unavailable
+from lambdas.core.errors import BadRequest, PayloadTooLarge
 from lambdas.core.http import CORS_HEADERS, Event, Response, guarded, raw_body, request_id
-from lambdas.core.modelstore import LoadedModel, ModelCache, ProxySource, S3Source, Source
+from lambdas.core.modelstore import LoadedModel, ModelCache, SourceSettings, predict
 from lambdas.core.samples import parse_features
 from lambdas.core.schema import FEATURE_NAMES, FEATURES, LABELS
 
-SOURCES = ("proxy", "s3")
 _LOW = np.array([f.minimum for f in FEATURES])
 _HIGH = np.array([f.maximum for f in FEATURES])
 _NUMBER_KINDS = frozenset("fiu")
@@ -115,41 +114,18 @@ def _format_body(version: str, probabilities: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class InferSettings:
-    source: str
-    model_url: str | None  # proxy source: the URL of latest's model.json
-    bucket: str | None
-    prefix: str
-    table: str | None
+    model: SourceSettings
     refresh_s: float
     max_batch: int
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> InferSettings:
         env = settings.environ() if env is None else env
-        api_url = settings.optional(env, "API_URL", "")
-        source = settings.optional(env, "MODEL_SOURCE", "proxy" if api_url else "s3").lower()
-        if source not in SOURCES:
-            raise ConfigError(f"MODEL_SOURCE must be one of {', '.join(SOURCES)}, got {source!r}")
-        model_url = settings.optional(env, "MODEL_URL", "")
-        if source == "proxy" and not model_url:
-            base = settings.required(env, "API_URL").rstrip("/")
-            model_url = f"{base}/s3proxy/latest/model.json"
         return cls(
-            source=source,
-            model_url=model_url or None,
-            bucket=settings.required(env, "MODEL_BUCKET") if source == "s3" else None,
-            prefix=settings.optional(env, "MODEL_PREFIX", "models/"),
-            table=settings.required(env, "MODEL_TABLE") if source == "s3" else None,
+            model=SourceSettings.from_env(env),
             refresh_s=settings.number(env, "MODEL_REFRESH_S", 30.0, minimum=0.0),
             max_batch=settings.integer(env, "INFER_MAX_BATCH", 1000, minimum=1),
         )
-
-    def make_source(self) -> Source:
-        if self.source == "proxy":
-            assert self.model_url
-            return ProxySource(self.model_url)
-        assert self.bucket and self.table
-        return S3Source(bucket=self.bucket, prefix=self.prefix, table=self.table)
 
 
 def input_list(payload: Any, max_batch: int) -> list[Any]:
@@ -195,10 +171,7 @@ def features(items: list[Any], *, may_hold_booleans: bool = True) -> np.ndarray:
 
 def answer(loaded: LoadedModel, x: np.ndarray) -> str:
     """The response body (JSON text) for inputs ``x``."""
-    probabilities = loaded.model.predict(x)
-    if probabilities.shape[1] != len(LABELS) or not np.isfinite(probabilities).all():
-        raise Unavailable(f"model {loaded.version} gave no usable probabilities over {len(LABELS)} labels")
-    return _format_body(loaded.version, probabilities)
+    return _format_body(loaded.version, predict(loaded, x))
 
 
 @functools.cache
@@ -209,7 +182,7 @@ def _settings() -> InferSettings:
 @functools.cache
 def model_cache() -> ModelCache:
     cfg = _settings()
-    return ModelCache(cfg.make_source(), cfg.refresh_s)
+    return ModelCache(cfg.model.make_source(), cfg.refresh_s)
 
 
 def reset() -> None:

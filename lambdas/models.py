@@ -2,7 +2,10 @@
 
 Answer: ``{"items": [...], "next": <cursor or null>, "latest": <version or null>}``. Pages come
 from a Query on the model table's by-kind index, never a Scan; ``next`` is passed back as
-``cursor`` for the following page.
+``cursor`` for the following page. A run that has served carries ``live``: how it did on the
+labelled samples that arrived while it was latest (``seen``, ``correct``, ``accuracy`` with its
+95 % Wilson interval ``ci_low``/``ci_high``, ``confusion``; ``lambdas.core.live``), read for the
+whole page with one BatchGetItem.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from lambdas.core import registry, settings
+from lambdas.core import live, registry, settings
 from lambdas.core.errors import BadRequest
 from lambdas.core.http import Event, Response, guarded, response
 
@@ -51,10 +54,15 @@ def page_request(query: dict[str, Any] | None) -> tuple[int, str | None]:
 def list_models(reg: registry.Registry, limit: int, cursor: str | None) -> dict[str, Any]:
     runs, next_cursor = reg.list_runs(limit=limit, cursor=cursor)
     latest = reg.latest_version()
+    scored = (
+        live.LiveStore(reg.table, client=reg.client).totals([str(r["version"]) for r in runs]) if runs else {}
+    )
     items = []
     for run in runs:
         item = {k: v for k, v in run.items() if k not in _INTERNAL}
         item["latest"] = run.get("version") == latest
+        if run.get("version") in scored:
+            item["live"] = scored[str(run["version"])].to_dict()
         items.append(item)
     return {"items": items, "next": next_cursor, "latest": latest}
 

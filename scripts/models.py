@@ -7,6 +7,9 @@
     python -m scripts.models pin [--reason R] [--version V]  stop automatic promotions
     python -m scripts.models unpin [--reason R]              let the gate promote again
 
+The run list shows each version's live accuracy next to its holdout accuracy: how it did on the
+labelled samples that arrived while it was latest, with its 95 % interval and count.
+
 Against AWS it reads MODEL_TABLE, MODEL_BUCKET and NOTIFY_TOPIC_ARN (optional) from the
 environment and uses your AWS credentials. ``--local`` targets the running local cloud instead:
 the AWS endpoint comes from .localcloud/endpoints.json and the names from infra/serverless.yml.
@@ -23,13 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from lambdas import promote as ops
-from lambdas.core import registry, settings
+from lambdas.core import live, registry, settings
 from lambdas.core.errors import AutoretrainError
 
 ENDPOINTS = Path(".localcloud/endpoints.json")
 LOCAL_STAGE = "local"
 
-COLUMNS = ("version", "status", "samples", "train acc", "val acc", "holdout acc", "holdout loss", "started")
+COLUMNS = (
+    "version",
+    "status",
+    "samples",
+    "train acc",
+    "val acc",
+    "holdout acc",
+    "live acc [95% CI]",
+    "holdout loss",
+    "started",
+)
 
 
 def _metric(run: dict[str, Any], split: str, name: str) -> str:
@@ -37,7 +50,19 @@ def _metric(run: dict[str, Any], split: str, name: str) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "-"
 
 
-def rows(runs: list[dict[str, Any]], latest: str | None) -> list[tuple[str, ...]]:
+def live_cell(counts: live.Counts | None) -> str:
+    """``0.931 [0.912, 0.946] n=1,234``: accuracy on the samples scored while the version was
+    latest, its Wilson interval and the count; "-" for a version that never served."""
+    if counts is None or not counts.seen:
+        return "-"
+    low, high = counts.interval() or (0.0, 0.0)
+    return f"{counts.accuracy:.3f} [{low:.3f}, {high:.3f}] n={counts.seen:,}"
+
+
+def rows(
+    runs: list[dict[str, Any]], latest: str | None, scored: dict[str, live.Counts] | None = None
+) -> list[tuple[str, ...]]:
+    scored = scored or {}
     out = []
     for run in runs:
         mark = "* " if run.get("version") == latest else "  "
@@ -49,6 +74,7 @@ def rows(runs: list[dict[str, Any]], latest: str | None) -> list[tuple[str, ...]
                 _metric(run, "train", "accuracy"),
                 _metric(run, "validation", "accuracy"),
                 _metric(run, "holdout", "accuracy"),
+                live_cell(scored.get(str(run.get("version")))),
                 _metric(run, "holdout", "loss"),
                 str(run.get("started_at", "-"))[:19],
             )
@@ -188,7 +214,8 @@ def _run(args: argparse.Namespace) -> int:
             break
     pointer = reg.latest()
     latest = str(pointer["version"]) if pointer else None
-    print(render(rows(runs, latest)) if runs else "no training runs yet")
+    scored = live.LiveStore(reg.table).totals([str(r["version"]) for r in runs]) if runs else {}
+    print(render(rows(runs, latest, scored)) if runs else "no training runs yet")
     pinned = "  pinned: automatic promotions are off" if pointer and pointer.get("pinned") else ""
     print(f"\nlatest: {latest or 'none'}  (* marks it){pinned}")
     return 0

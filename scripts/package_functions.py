@@ -1,6 +1,6 @@
 """Build the Lambda layer that infra/serverless.yml ships with its zip functions; check the package.
 
-- ``numpy.zip``: numpy under ``python/`` (on the runtime's path as /opt/python), for infer.
+- ``numpy.zip``: numpy under ``python/`` (on the runtime's path as /opt/python), for infer and score.
 
 The traffic function needs no layer: it is a container image (lambdas/traffic.Dockerfile), which
 ``osls package`` builds and pushes itself.

@@ -1,6 +1,6 @@
-"""Where the serving side gets its model, and the warm cache that keeps it.
+"""Where the serving side gets its model, and the warm caches that keep it.
 
-Two sources, both answering "which version is latest?" and "load latest":
+Two sources, both answering "which version is latest?", "load latest" and "load version v":
 
 - ``ProxySource`` loads the model exactly as a TensorFlow.js client does: GET the model.json
   URL (``.../s3proxy/latest/model.json``), follow the 302 to the presigned S3 URL, then fetch
@@ -13,6 +13,13 @@ Two sources, both answering "which version is latest?" and "load latest":
 latest version at most every ``refresh_s`` seconds; a newer version is loaded completely, then
 swapped in with one assignment. When the check or the load fails, the model already held keeps
 serving (and the failure is logged); with no model at all, callers get ``Unavailable``.
+
+``VersionCache`` keeps the few named versions a consumer asked for last (the live scorer needs
+the version that was latest when each sample arrived, not the one latest now). A published
+version never changes, so a cached one is never re-checked.
+
+``SourceSettings`` reads which source to use from the environment, the same way for every
+function that loads models; ``predict`` is the one forward pass they all run.
 """
 
 from __future__ import annotations
@@ -25,18 +32,24 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lambdas.core import log
-from lambdas.core.errors import Unavailable
+import numpy as np
+
+from lambdas.core import log, settings
+from lambdas.core.errors import ConfigError, Unavailable
+from lambdas.core.schema import LABELS
 from lambdas.core.tfjs_model import TfjsModel, parse
 
 _VERSION_IN_PATH = re.compile(r"(?:^|/)(v\d{8}T\d{6}Z-[0-9a-f]{4})/(?:model\.json)?$")
 _PINNED = re.compile(r"^\.\./(v\d{8}T\d{6}Z-[0-9a-f]{4})/[^/]+$")
 
 NO_MODEL = "no model has been published yet; retry after the first training run"
+SOURCES = ("proxy", "s3")
+_LATEST_JSON = "/latest/model.json"
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,18 @@ class Source(Protocol):
 
     def load(self) -> LoadedModel | None:
         """Load latest (None when nothing is published)."""
+
+    def load_version(self, version: str) -> LoadedModel:
+        """Load one published version (an error when it cannot be loaded)."""
+
+
+def predict(loaded: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """The class probabilities of ``loaded`` for inputs ``x`` (n, 4): the numpy forward pass
+    every consumer runs, refused when the model gives no usable probabilities over LABELS."""
+    probabilities = loaded.model.predict(x)
+    if probabilities.shape[1] != len(LABELS) or not np.isfinite(probabilities).all():
+        raise Unavailable(f"model {loaded.version} gave no usable probabilities over {len(LABELS)} labels")
+    return probabilities
 
 
 def _version_of_url(url: str) -> str | None:
@@ -101,15 +126,35 @@ class ProxySource:
             if err.code == 404:
                 return None
             raise
+        return self._parse(self.model_url, body, final_url, started)
+
+    def version_url(self, version: str) -> str:
+        """The model.json URL of ``version``: the latest URL with the version in its place."""
+        if not self.model_url.endswith(_LATEST_JSON):
+            raise RuntimeError(
+                f"cannot address version {version}: {self.model_url} does not end in {_LATEST_JSON}"
+            )
+        return self.model_url[: -len(_LATEST_JSON)] + f"/{version}/model.json"
+
+    def load_version(self, version: str) -> LoadedModel:
+        started = time.perf_counter()
+        url = self.version_url(version)
+        body, final_url = self._get(url)
+        loaded = self._parse(url, body, final_url, started)
+        if loaded.version != version:
+            raise RuntimeError(f"asked for model {version}, the proxy served {loaded.version}")
+        return loaded
+
+    def _parse(self, url: str, body: bytes, final_url: str, started: float) -> LoadedModel:
         model_json = json.loads(body)
         version = _version_of_url(final_url) or _pinned_version(model_json)
         if version is None:
-            raise RuntimeError(f"cannot tell which version {self.model_url} served")
+            raise RuntimeError(f"cannot tell which version {url} served")
         # Weights are fetched relative to the URL that was asked for, as TensorFlow.js does. A
         # manifest that is not self-pinning would go back through "latest", so pin it here.
-        base = self.model_url
+        base = url
         if _pinned_version(model_json) is None:
-            base = self.model_url.replace("/latest/model.json", f"/{version}/model.json")
+            base = url.replace(_LATEST_JSON, f"/{version}/model.json")
             log.warning("model_manifest_not_pinned", version=version)
         model = parse(model_json, lambda path: self._get(urllib.parse.urljoin(base, path))[0])
         return LoadedModel(version, model, time.time(), time.perf_counter() - started)
@@ -145,10 +190,11 @@ class S3Source:
         return bytes(self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def load(self) -> LoadedModel | None:
-        started = time.perf_counter()
         version = self.current_version()
-        if version is None:
-            return None
+        return None if version is None else self.load_version(version)
+
+    def load_version(self, version: str) -> LoadedModel:
+        started = time.perf_counter()
         key = f"{self.prefix}{version}/model.json"
         model_json = json.loads(self._read(key))
         folder = posixpath.dirname(key)
@@ -223,3 +269,78 @@ class ModelCache:
             load_ms=round(loaded.load_seconds * 1000, 1),
         )
         return loaded
+
+
+class VersionCache:
+    """Models of named versions, the ``size`` most recently used kept loaded.
+
+    A published version is immutable (``models/<version>/`` is never rewritten), so a cached
+    model is never checked again; a version that fails to load is not cached and the error goes
+    to the caller, which retries later."""
+
+    def __init__(self, load: Callable[[str], LoadedModel], size: int = 2) -> None:
+        if size < 1:
+            raise ValueError("a version cache keeps at least one model")
+        self._load = load
+        self.size = size
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.loads = 0
+
+    def get(self, version: str) -> LoadedModel:
+        loaded = self._models.get(version)
+        if loaded is not None:
+            self._models.move_to_end(version)
+            return loaded
+        loaded = self._load(version)
+        self.loads += 1
+        self._models[version] = loaded
+        while len(self._models) > self.size:
+            evicted, _ = self._models.popitem(last=False)
+            log.log("model_evicted", version=evicted)
+        log.log("model_loaded", version=version, load_ms=round(loaded.load_seconds * 1000, 1))
+        return loaded
+
+    @property
+    def versions(self) -> list[str]:
+        """Cached versions, least recently used first."""
+        return list(self._models)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Where a function loads models from (``MODEL_SOURCE``): through the S3 proxy like any
+    TensorFlow.js client (``proxy``, the default when ``API_URL`` is set; the URL of latest is
+    ``MODEL_URL`` or ``$API_URL/s3proxy/latest/model.json``), or straight from S3 and the model
+    table (``s3``: ``MODEL_BUCKET``, ``MODEL_PREFIX``, ``MODEL_TABLE``)."""
+
+    source: str
+    model_url: str | None  # proxy source: the URL of latest's model.json
+    bucket: str | None
+    prefix: str
+    table: str | None
+
+    @classmethod
+    def from_env(cls, env: settings.Env | None = None) -> SourceSettings:
+        env = settings.environ() if env is None else env
+        api_url = settings.optional(env, "API_URL", "")
+        source = settings.optional(env, "MODEL_SOURCE", "proxy" if api_url else "s3").lower()
+        if source not in SOURCES:
+            raise ConfigError(f"MODEL_SOURCE must be one of {', '.join(SOURCES)}, got {source!r}")
+        model_url = settings.optional(env, "MODEL_URL", "")
+        if source == "proxy" and not model_url:
+            base = settings.required(env, "API_URL").rstrip("/")
+            model_url = f"{base}/s3proxy/latest/model.json"
+        return cls(
+            source=source,
+            model_url=model_url or None,
+            bucket=settings.required(env, "MODEL_BUCKET") if source == "s3" else None,
+            prefix=settings.optional(env, "MODEL_PREFIX", "models/"),
+            table=settings.required(env, "MODEL_TABLE") if source == "s3" else None,
+        )
+
+    def make_source(self) -> Source:
+        if self.source == "proxy":
+            assert self.model_url
+            return ProxySource(self.model_url)
+        assert self.bucket and self.table
+        return S3Source(bucket=self.bucket, prefix=self.prefix, table=self.table)

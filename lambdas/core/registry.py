@@ -13,6 +13,11 @@ Items (hash key ``pk``):
   order even when the trainer's and a Lambda's clocks disagree. The pointer change and its
   history item are written in one transaction: there is never one without the other.
 
+- live quality (owned by ``lambdas.core.live``): a version's totals, ``pk = "live#<version>"``
+  (no ``kind``), and its time buckets, ``pk = "live#<version>#<start>"``, ``kind = "live"``,
+  ``sk = "<version>#<start>"``: how each version did on the samples that arrived while it was
+  latest.
+
 The pointer may be ``pinned``: automatic promotions (``set_latest``) then refuse to move it;
 people still can (``promote``), and only ``unpin`` lets automation move it again.
 
@@ -372,10 +377,16 @@ class Registry:
         return {"changed": True, **entry}
 
     def list_history(
-        self, limit: int = 50, cursor: str | None = None, *, newest_first: bool = False
+        self,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        newest_first: bool = False,
+        after: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Changes of latest in the order they happened (or newest first); ``cursor`` is the
-        ``sk`` of the last item of the previous page."""
+        ``sk`` of the last item of the previous page; ``after`` (an ``sk``) leaves out that
+        change and every earlier one."""
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": INDEX,
@@ -384,6 +395,9 @@ class Registry:
             "ScanIndexForward": not newest_first,
             "Limit": limit,
         }
+        if after is not None:
+            kwargs["KeyConditionExpression"] += " AND sk > :after"
+            kwargs["ExpressionAttributeValues"][":after"] = {"S": after}
         if cursor:
             kwargs["ExclusiveStartKey"] = {
                 "kind": {"S": HISTORY_KIND},

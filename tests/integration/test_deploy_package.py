@@ -43,6 +43,7 @@ WILDCARD_RESOURCE_ALLOWED = {
     ("TrainInstanceRole", "ecr:GetAuthorizationToken"): "registry login token; the pull is one repository",
     ("TrainFunctionRole", "ec2:DescribeInstances"): "Describe* has no resource-level permission",
     ("TrainFunctionRole", "dynamodb:ListStreams"): "lists stream ARNs only; reads are per stream",
+    ("ScoreFunctionRole", "dynamodb:ListStreams"): "lists stream ARNs only; reads are per stream",
     (
         "TrainInstanceRole",
         "cloudwatch:PutMetricData",

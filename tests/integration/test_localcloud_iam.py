@@ -357,3 +357,118 @@ def test_the_trainer_reads_the_data_tables_size_only_with_its_describe_table_per
     upload_role = as_role(cloud, "UploadFunctionRole", "dynamodb")
     assert data.table_bytes(table, upload_role) is None
     assert data.segments_for(data.table_bytes(table, upload_role)) == data.MIN_SEGMENTS
+
+
+# --- the score function: live scoring under its own role ---------------------------------------
+
+V1 = "v20261120T080000Z-0001"
+V2 = "v20261121T080000Z-0002"
+
+
+def _live_seen(cloud: LocalCloud, version: str) -> int:
+    from lambdas.core import live
+
+    store = live.LiveStore(cloud.stack.table_name("ModelTable"), client=cloud.client("dynamodb"))
+    counts = store.totals([version]).get(version)
+    return counts.seen if counts else 0
+
+
+def test_the_score_role_writes_a_mark_only_with_its_counts_in_one_transaction(make_cloud) -> None:
+    cloud = make_cloud()
+    score = as_role(cloud, "ScoreFunctionRole", "dynamodb")
+    data, models = cloud.stack.table_name("DataTable"), cloud.stack.table_name("ModelTable")
+    cloud.client("dynamodb").put_item(TableName=data, Item={"id": {"S": "s-1"}, "label": {"S": "ok"}})
+    mark = {
+        "TableName": data,
+        "Key": {"id": {"S": "s-1"}},
+        "UpdateExpression": "SET scored_by = :v",
+        "ConditionExpression": "attribute_not_exists(scored_by)",
+        "ExpressionAttributeValues": {":v": {"S": V1}},
+    }
+    counts = {
+        "TableName": models,
+        "Key": {"pk": {"S": f"live#{V1}"}},
+        "UpdateExpression": "ADD seen :one",
+        "ExpressionAttributeValues": {":one": {"N": "1"}},
+    }
+    refused = [
+        lambda: score.update_item(**mark),  # a plain UpdateItem: outside a transaction
+        lambda: score.update_item(**counts),
+        lambda: score.transact_write_items(
+            TransactItems=[{"Put": {"TableName": models, "Item": {"pk": {"S": "latest"}}}}]
+        ),
+        lambda: score.put_item(TableName=models, Item={"pk": {"S": "latest"}, "version": {"S": V1}}),
+        lambda: score.scan(TableName=data),
+        lambda: score.batch_write_item(
+            RequestItems={data: [{"DeleteRequest": {"Key": {"id": {"S": "s-1"}}}}]}
+        ),
+    ]
+    for call in refused:
+        with pytest.raises(ClientError) as denied:
+            call()
+        assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert count(cloud, "ModelTable") == 0
+    score.transact_write_items(TransactItems=[{"Update": mark}, {"Update": counts}])
+    admin = cloud.client("dynamodb")
+    assert admin.get_item(TableName=data, Key={"id": {"S": "s-1"}})["Item"]["scored_by"] == {"S": V1}
+    assert admin.get_item(TableName=models, Key=counts["Key"])["Item"]["seen"] == {"N": "1"}
+    history = score.query(
+        TableName=models,
+        IndexName="by-kind",
+        KeyConditionExpression="kind = :k",
+        ExpressionAttributeValues={":k": {"S": "history"}},
+    )
+    assert history["Items"] == []
+    assert "Item" not in score.get_item(TableName=models, Key={"pk": {"S": "latest"}})
+
+
+def test_the_score_function_scores_uploads_by_the_version_latest_at_ingestion(make_cloud) -> None:
+    """Through the stream poller, the proxy and the gate, with the score function's own role: a
+    pointer written before the history existed (read with GetItem), then a promotion (history,
+    read with Query); GET /models shows both versions' live accuracy."""
+    from scripts.bench_score import publish_constant
+
+    cloud = make_cloud(drivers=("streams",))
+    reg = Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))
+    bucket = cloud.stack.physical["ModelBucket"]
+    publish_constant(cloud.client("s3"), reg, bucket, V1, "ok", promote=False)
+    cloud.client("dynamodb").put_item(
+        TableName=cloud.stack.table_name("ModelTable"), Item={"pk": {"S": "latest"}, "version": {"S": V1}}
+    )
+    reply = requests.post(
+        f"{cloud.api_url}/upload", json=[SAMPLE] * 2 + [{**SAMPLE, "label": "cold"}], timeout=60
+    )
+    assert reply.status_code == 200, reply.text
+    assert _wait(lambda: _live_seen(cloud, V1) == 3, 60)
+    publish_constant(cloud.client("s3"), reg, bucket, V2, "warm")
+    time.sleep(0.01)
+    reply = requests.post(f"{cloud.api_url}/upload", json=[{**SAMPLE, "label": "warm"}] * 2, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert _wait(lambda: _live_seen(cloud, V2) == 2, 60)
+    listing = requests.get(f"{cloud.api_url}/models", timeout=60)
+    assert listing.status_code == 200, listing.text
+    scored = {item["version"]: item["live"] for item in listing.json()["items"]}
+    assert (scored[V1]["seen"], scored[V1]["correct"]) == (3, 2)
+    assert (scored[V2]["seen"], scored[V2]["correct"]) == (2, 2)
+    assert _live_seen(cloud, V1) == 3  # nothing counted twice meanwhile
+
+
+def test_a_score_batch_given_up_on_reaches_its_own_failure_queue(make_cloud, tmp_path) -> None:
+    # Without Query the score function cannot read the promotion history: every batch fails.
+    config = serverless.without_action(tmp_path, "ScoreFunctionRole", "dynamodb:Query")
+    cloud = make_cloud(config_path=config, drivers=("streams",))
+    requests.post(f"{cloud.api_url}/upload", json=[SAMPLE] * 2, timeout=60).raise_for_status()
+    sqs = cloud.client("sqs")
+    url = cloud.stack.physical["ScoreFailureQueue"]
+    messages: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        messages.extend(sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []))
+        return bool(messages)
+
+    assert _wait(arrived, 90)
+    body = json.loads(messages[0]["Body"])
+    assert body["DDBStreamBatchInfo"]["streamArn"] == cloud.stack.arns["DataTable.StreamArn"]
+    assert "dynamodb:Query" in (tmp_path / "functions.log").read_text()
+    train_queue = cloud.stack.physical["TrainFailureQueue"]
+    assert not sqs.receive_message(QueueUrl=train_queue).get("Messages")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+import boto3
 import pytest
 
 from lambdas import models
-from lambdas.core import registry
+from lambdas.core import aws, registry
 from scripts import models as models_cli
 
 VERSIONS = [f"v2026112{d}T0900{d}0Z-00a{d}" for d in range(5)]  # oldest first
@@ -88,3 +90,54 @@ def test_models_cli_prints_a_table_newest_first(
     assert [row.lstrip("* ").split()[0] for row in rows] == VERSIONS[::-1]
     assert rows[2].startswith("*") and not rows[0].startswith("*")
     assert "0.700" in rows[2]  # holdout accuracy of the latest
+
+
+# live accuracy -----------------------------------------------------------------------------------
+
+
+def put_live_totals(stack: Any, version: str, cells: dict[str, int]) -> None:
+    """A version's live totals item as the score function leaves it (lambdas/core/live.py)."""
+    item = {"pk": {"S": f"live#{version}"}, "version": {"S": version}}
+    item.update({name: {"N": str(n)} for name, n in cells.items()})
+    boto3.client("dynamodb").put_item(TableName=stack.physical["ModelTable"], Item=item)
+
+
+def test_models_carries_live_accuracy_of_the_runs_that_served_in_one_extra_read(
+    runs: registry.Registry, stack: Any
+) -> None:
+    put_live_totals(stack, VERSIONS[2], {"cm_ok_ok": 1149, "cm_cold_ok": 85})
+    put_live_totals(stack, VERSIONS[0], {"cm_warm_warm": 3})
+    calls: list[str] = []
+    aws.dynamodb().meta.events.register(
+        "before-call.dynamodb.*", lambda model, **kw: calls.append(model.name)
+    )
+    status, body = get()
+    assert status == 200 and sorted(calls) == ["BatchGetItem", "GetItem", "Query"]
+    by_version = {item["version"]: item for item in body["items"]}
+    scored = by_version[VERSIONS[2]]["live"]
+    assert (scored["seen"], scored["correct"]) == (1234, 1149)
+    assert scored["accuracy"] == pytest.approx(0.9311, abs=1e-4)
+    assert (scored["ci_low"], scored["ci_high"]) == (
+        pytest.approx(0.9156, abs=1e-4),
+        pytest.approx(0.9440, abs=1e-4),
+    )
+    assert scored["confusion"]["cold"] == {"cold": 0, "ok": 85, "warm": 0}
+    assert by_version[VERSIONS[0]]["live"]["accuracy"] == 1.0
+    assert "live" not in by_version[VERSIONS[1]]  # never served
+
+
+def test_models_cli_shows_live_accuracy_next_to_holdout_accuracy(
+    runs: registry.Registry, stack: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    put_live_totals(stack, VERSIONS[2], {"cm_ok_ok": 1149, "cm_cold_ok": 85})
+    assert models_cli.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cells = {
+        line.lstrip("* ").split()[0]: re.split(r"\s{2,}", line.lstrip("* "))
+        for line in lines[2:]
+        if line.strip()
+    }
+    header = re.split(r"\s{2,}", lines[0].strip())
+    assert header[5:7] == ["holdout acc", "live acc [95% CI]"]
+    assert cells[VERSIONS[2]][5:7] == ["0.700", "0.931 [0.916, 0.944] n=1,234"]
+    assert cells[VERSIONS[1]][5:7] == ["0.650", "-"]  # never served

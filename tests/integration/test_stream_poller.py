@@ -22,14 +22,19 @@ Records = list[dict[str, Any]]
 
 
 class Function:
-    """A recording stand-in for ``ctx.invoke``: keeps every event, answers with ``behaviour``."""
+    """A recording stand-in for ``ctx.invoke``: keeps every event for function ``only`` (the
+    train function: the other reader of the data table's stream, score, gets its own batches),
+    answers with ``behaviour``; the other functions' batches are answered as all done."""
 
-    def __init__(self, behaviour: Callable[[Records], Any] | None = None) -> None:
+    def __init__(self, behaviour: Callable[[Records], Any] | None = None, only: str = "train") -> None:
         self.behaviour = behaviour
+        self.only = only
         self.calls: list[tuple[str, Records, float]] = []
         self._lock = threading.Lock()
 
     def __call__(self, name: str, event: dict[str, Any]) -> Any:
+        if name != self.only:
+            return {"batchItemFailures": []}
         with self._lock:
             self.calls.append((name, event["Records"], time.monotonic()))
         return self.behaviour(event["Records"]) if self.behaviour else {"batchItemFailures": []}
@@ -188,6 +193,7 @@ def test_stream_poller_refuses_unsupported_filters_at_start(
             "DataTable.StreamArn": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/1",
             "ModelTable.StreamArn": "arn:aws:dynamodb:us-east-1:123456789012:table/m/stream/1",
             "TrainFailureQueue.Arn": "arn:aws:sqs:us-east-1:123456789012:q",
+            "ScoreFailureQueue.Arn": "arn:aws:sqs:us-east-1:123456789012:s",
         }
     )
     stack.config["functions"]["train"]["events"][0]["stream"]["filterPatterns"] = [pattern]
@@ -393,7 +399,7 @@ def test_stream_poller_stop_leaves_no_thread_alive(cloud: Context) -> None:
     data_event(cloud)["maximumRetryAttempts"] = -1
     poller = streams.StreamPoller(poll_s=0.05, retry_backoff_s=0.05)
     poller.start(cloud)
-    assert len(poller_threads()) == 2  # one per stream event of the train function
+    assert len(poller_threads()) == 3  # one per stream event: two of train, one of score
     write_samples(cloud, ["stuck"])
     wait_for(lambda: len(cloud.invoke.calls) >= 3)  # type: ignore[attr-defined]
     poller.stop()
