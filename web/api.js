@@ -50,7 +50,8 @@ export async function request(path, { method = "GET", body } = {}) {
   return response.json();
 }
 
-export const listModels = (limit = 50) => request(`/models?limit=${limit}`);
+// With the serving version's live accuracy over time ("timeline": time buckets, changes of latest).
+export const listModels = (limit = 50) => request(`/models?limit=${limit}&live=latest`);
 
 export const upload = (samples) => request("/upload", { method: "POST", body: samples });
 

@@ -1,6 +1,7 @@
 // The page: predict in the browser with the latest model, show its record, collect feedback.
 import { API, ApiError, listModels, modelUrl, upload } from "./api.js";
 import { holdoutAccuracy, renderChart, shortVersion } from "./chart.js";
+import { renderLiveChart } from "./livechart.js";
 
 // The model's input order and output order (lambdas/core/schema.py).
 const FEATURES = ["temp", "rh", "wind", "clo"];
@@ -11,7 +12,7 @@ const NO_MODEL = "No model has been published yet. Say how you feel below: once 
   "have arrived a model is trained, and it appears here by itself.";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, version: null, runs: [], latest: null, loading: null, checking: null };
+const state = { model: null, version: null, runs: [], latest: null, timeline: null, loading: null, checking: null };
 
 function setStatus(node, text, kind = "info") {
   node.textContent = text;
@@ -261,8 +262,14 @@ async function renderMetrics() {
   box.replaceChildren(summary, classes);
 }
 
+function renderLive() {
+  const run = state.timeline && state.runs.find((r) => r.version === state.timeline.version);
+  renderLiveChart($("live-chart"), state.timeline, run ? holdoutAccuracy(run) : null);
+}
+
 function renderHistory() {
   renderChart($("chart"), state.runs);
+  renderLive();
   const rows = state.runs.map((run) => ({
     className: run.status + (run.latest ? " latest" : ""),
     cells: [
@@ -286,6 +293,7 @@ async function checkForModel() {
       const page = await listModels();
       state.runs = page.items || [];
       state.latest = page.latest || null;
+      state.timeline = page.timeline || null;
       renderHistory();
       if (!state.latest && !state.model) {
         setStatus($("model-status"), NO_MODEL, "warn");
@@ -346,7 +354,10 @@ async function main() {
   let resizing = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizing);
-    resizing = setTimeout(() => renderChart($("chart"), state.runs), 100);
+    resizing = setTimeout(() => {
+      renderChart($("chart"), state.runs);
+      renderLive();
+    }, 100);
   });
   for (const button of document.querySelectorAll(".feel-button")) {
     button.addEventListener("click", () => sendFeeling(button.dataset.label, button));

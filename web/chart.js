@@ -8,7 +8,7 @@ const DEFAULT_WIDTH = 720;
 const HEIGHT = 280;
 const M = { top: 34, right: 56, bottom: 46, left: 48 };
 
-function el(name, attrs = {}, text) {
+export function el(name, attrs = {}, text) {
   const node = document.createElementNS(SVG, name);
   for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
   if (text !== undefined) node.textContent = text;

@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lambdas.core import comfort
+from lambdas.core import comfort, live
 from lambdas.core.registry import Registry
 from lambdas.core.schema import FEATURE_NAMES, LABELS
 from localcloud import infra
 from localcloud.cloud import LocalCloud
 from scripts import build_web
+from tests.support import live as live_support
 
 ROOT = infra.ROOT
 WEB = ROOT / "web"
@@ -39,6 +40,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 CREATED = 1_790_000_000_000
 FIRST, SECOND = 600, 300  # samples before the first run, added before the second
 INPUTS = [[75.0, 45, 0.15, 0.7], [68.2, 30, 0.4, 0.5], [84.6, 65, 0.08, 1.1]]
+# Live counts as the score function would leave them (the quiet cloud runs no stream reader):
+# the first model scores 20 samples when promoted, the second 20 per bucket from its promotion on.
+BUCKET_S = 10
+FIRST_LIVE = (18, 2)
+SECOND_LIVE = [(19, 1), (17, 3), (14, 6), (16, 4), (18, 2)]  # (correct, wrong) per bucket
 
 
 # --- what the page is made of (fast) -----------------------------------------------------------
@@ -84,7 +90,7 @@ def test_web_page_loads_tfjs_locally_and_knows_the_model_order() -> None:
     app = (WEB / "app.js").read_text()
     assert "const FEATURES = [" + ", ".join(f'"{n}"' for n in FEATURE_NAMES) + "];" in app
     assert "const LABELS = [" + ", ".join(f'"{n}"' for n in LABELS) + "];" in app
-    code = "".join((WEB / name).read_text() for name in ("app.js", "api.js", "chart.js"))
+    code = "".join((WEB / name).read_text() for name in ("app.js", "api.js", "chart.js", "livechart.js"))
     assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", code)
 
 
@@ -92,7 +98,16 @@ def test_build_web_assembles_the_page_tfjs_and_the_api_url(tmp_path: Path) -> No
     out = tmp_path / "site"
     assert build_web.main(["--out", str(out), "--api", "https://api.example.com/prod/"]) == 0
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
-        ["index.html", "app.js", "api.js", "chart.js", "style.css", "config.js", "vendor/tf.min.js"]
+        [
+            "index.html",
+            "app.js",
+            "api.js",
+            "chart.js",
+            "livechart.js",
+            "style.css",
+            "config.js",
+            "vendor/tf.min.js",
+        ]
     )
     assert (out / "vendor" / "tf.min.js").read_bytes() == build_web.TFJS.read_bytes()
     assert 'window.AUTORETRAIN_API = "https://api.example.com/prod";' in (out / "config.js").read_text()
@@ -162,6 +177,8 @@ def test_web_page_without_a_model_says_so_and_still_takes_feedback(tmp_path: Pat
         assert report["status"].startswith("No model has been published yet.")
         assert report["predictions"] == []
         assert report["chart"] == {"points": [], "label": None, "tableRows": 0}
+        assert report["live"]["points"] == [] and report["live"]["markers"] == []
+        assert report["live"]["text"] == "No model is serving yet."
         assert report["feedback"]["kind"] == "ok", report["feedback"]["text"]
         item = cloud.client("dynamodb").get_item(
             TableName=cloud.stack.table_name("DataTable"), Key={"id": {"S": report["feedback"]["id"]}}
@@ -176,6 +193,7 @@ class World:
     data_table: str
     published: list[str]  # oldest first
     rejected: str
+    promoted_at: list[str]  # when each published run became latest (its history entry)
 
 
 def _write(ddb: Any, table: str, samples: list[dict[str, Any]], start: int) -> None:
@@ -228,13 +246,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         third = run(Settings.from_env({**base, "DATA_TABLE": shuffled, "EPOCHS": "15"}), ddb=ddb, s3=s3)
 
         assert [first.status, second.status, third.status] == ["published", "published", "rejected"]
+        reg = Registry(env["MODEL_TABLE"], ddb)
+        history, _ = reg.list_history()
+        assert [(h["action"], h["version"]) for h in history] == [
+            ("auto", first.version),
+            ("auto", second.version),
+        ]
+        promoted_at = [str(h["at"]) for h in history]
+        first_ms, second_ms = (_ms(at) for at in promoted_at)
+        scored = live_support.outcomes(first.version, first_ms, *FIRST_LIVE)
+        for k, (correct, wrong) in enumerate(SECOND_LIVE):
+            scored += live_support.outcomes(second.version, second_ms + k * BUCKET_S * 1000, correct, wrong)
+        live_support.record(ddb, env["MODEL_TABLE"], scored, BUCKET_S)
         yield World(
-            cloud,
-            Registry(env["MODEL_TABLE"], ddb),
-            env["DATA_TABLE"],
-            [first.version, second.version],
-            third.version,
+            cloud, reg, env["DATA_TABLE"], [first.version, second.version], third.version, promoted_at
         )
+
+
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def _iso(when: datetime) -> str:
@@ -304,9 +334,7 @@ def browsed(world: World, tmp_path_factory: pytest.TempPathFactory) -> Browsed:
         status, infer = _post_json(f"{api}/infer", inputs)
         assert status == 200
         # Roll latest back to the first published model; the page must follow.
-        world.registry.set_latest(
-            world.published[0], expected=world.published[1], reason="page test rollback", actor="test"
-        )
+        world.registry.promote(world.published[0], reason="page test rollback", actor="test")
         _wait_for_proxy_latest(api, world.published[0])
         stdout, stderr = proc.communicate("go\n", timeout=90)
     finally:
@@ -428,6 +456,46 @@ def test_web_page_shows_metrics_lineage_and_one_chart_point_per_version(
     ]
     assert [p["samples"] for p in points] == [FIRST, FIRST + SECOND, FIRST + SECOND]
     assert report["chart"]["tableRows"] == len(runs)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_web_page_charts_live_accuracy_of_the_serving_version_with_the_retrains_marked(
+    world: World, browsed: Browsed
+) -> None:
+    shown = browsed.report["live"]
+    second_ms = _ms(world.promoted_at[1])
+    assert shown["version"] == world.published[1]
+    # One point per time bucket, oldest first, as GET /models?live=latest gave them.
+    assert [p["start"] for p in shown["points"]] == [
+        live.iso(live.bucket_start_ms(second_ms + k * BUCKET_S * 1000, BUCKET_S))
+        for k in range(len(SECOND_LIVE))
+    ]
+    assert [(p["accuracy"], p["seen"]) for p in shown["points"]] == [
+        (pytest.approx(c / (c + w)), c + w) for c, w in SECOND_LIVE
+    ]
+    assert all(p["ciLow"] < p["accuracy"] < p["ciHigh"] for p in shown["points"])
+    assert shown["band"] is True
+    xs = [p["x"] for p in shown["points"]]
+    assert xs == sorted(xs) and len(set(xs)) == len(xs)
+    holdout = world.registry.get_run(world.published[1])["metrics"]["holdout"]["accuracy"]
+    assert shown["holdout"] == pytest.approx(holdout)
+    # The retrains that made each published run latest, on the same time axis.
+    assert [(m["action"], m["version"], m["at"]) for m in shown["markers"]] == [
+        ("auto", world.published[0], world.promoted_at[0]),
+        ("auto", world.published[1], world.promoted_at[1]),
+    ]
+    first, second = (m["x"] for m in shown["markers"])
+    assert 0 < first <= second < xs[1] < shown["width"]  # promoted within its first bucket
+    # After the rollback the chart follows the version now serving, and marks the rollback.
+    after = browsed.report["afterSwitch"]["live"]
+    assert after["version"] == world.published[0]
+    assert [(p["accuracy"], p["seen"]) for p in after["points"]] == [(pytest.approx(0.9), 20)]
+    assert [(m["action"], m["version"]) for m in after["markers"]] == [
+        ("auto", world.published[0]),
+        ("auto", world.published[1]),
+        ("rollback", world.published[0]),
+    ]
 
 
 @pytest.mark.slow

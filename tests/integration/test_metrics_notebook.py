@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from lambdas.core import registry
+from lambdas.core import aws, registry
 from scripts.bench_infer import ServingStack
+from tests.support import live as live_support
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "metrics.ipynb"
@@ -34,7 +36,19 @@ def test_metrics_notebook_executes_against_a_seeded_model_table(tmp_path: Path) 
                 for k, split in enumerate(("train", "validation", "holdout"))
             }
             reg.update_run(version, status="published", metrics=metrics)
-        reg.set_latest(versions[1], expected=None, reason="test", actor="test")
+        # versions[0] served first, then a retrain promoted versions[1]; both were scored live.
+        reg.set_latest(versions[0], expected=None, reason="test", actor="test")
+        reg.set_latest(versions[1], expected=versions[0], reason="test", actor="test")
+        history, _ = reg.list_history()
+        promoted = [
+            int(datetime.fromisoformat(h["at"].replace("Z", "+00:00")).timestamp() * 1000) for h in history
+        ]
+        scored = [
+            o for k in range(2) for o in live_support.outcomes(versions[0], promoted[0] + k * 10_000, 9, 1)
+        ]
+        for k, wrong in enumerate((2, 1, 3)):  # 24 of 30 in three buckets
+            scored += live_support.outcomes(versions[1], promoted[1] + k * 10_000, 10 - wrong, wrong)
+        live_support.record(aws.dynamodb(), stack.table, scored, bucket_s=10)
         reg.create_run("v20261129T090000Z-0bff")  # still training: listed, not plotted
         env = {
             **{k: v for k, v in os.environ.items() if k != "MPLBACKEND"},
@@ -53,4 +67,6 @@ def test_metrics_notebook_executes_against_a_seeded_model_table(tmp_path: Path) 
     text = "".join("".join(o.get("text", "")) for o in outputs)
     assert "plotted 3 evaluated runs of 4" in text
     assert f"* {versions[1]}" in text
-    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert "0.800 [" in text and "n=30" in text  # the listing's live column for latest
+    assert "live accuracy: 5 time buckets of 2 versions, 2 changes of latest marked" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # metrics, live accuracy

@@ -12,6 +12,7 @@ import pytest
 from lambdas import models
 from lambdas.core import aws, registry
 from scripts import models as models_cli
+from tests.support import live as live_support
 
 VERSIONS = [f"v2026112{d}T0900{d}0Z-00a{d}" for d in range(5)]  # oldest first
 
@@ -141,3 +142,124 @@ def test_models_cli_shows_live_accuracy_next_to_holdout_accuracy(
     assert header[5:7] == ["holdout acc", "live acc [95% CI]"]
     assert cells[VERSIONS[2]][5:7] == ["0.700", "0.931 [0.916, 0.944] n=1,234"]
     assert cells[VERSIONS[1]][5:7] == ["0.650", "-"]  # never served
+
+
+# live accuracy over time (?live=) ---------------------------------------------------------------
+
+T0 = 1_798_761_600_000  # 2027-01-01T00:00:00Z: after the fixture's promotion, made now
+BUCKET_S = 10
+
+
+def at(seconds: int) -> str:
+    return f"2027-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}.000Z"
+
+
+@pytest.fixture
+def served(runs: registry.Registry, stack: Any, monkeypatch: pytest.MonkeyPatch) -> registry.Registry:
+    """VERSIONS[2] latest since now (the fixture), scored from T0 to T0 + 50 s; VERSIONS[4]
+    promoted at T0 + 60 s and scored in six buckets from then; latest pinned at T0 + 120 s."""
+    ddb = boto3.client("dynamodb")
+    table = stack.physical["ModelTable"]
+    scored = []
+    for k in range(6):
+        scored += live_support.outcomes(VERSIONS[2], T0 + k * 10_000, correct=9, wrong=1)
+        scored += live_support.outcomes(VERSIONS[4], T0 + 60_000 + k * 10_000 + 5, correct=5 + k, wrong=5 - k)
+    live_support.record(ddb, table, scored, BUCKET_S)
+    monkeypatch.setattr(registry, "now_iso", lambda: at(60))
+    runs.set_latest(VERSIONS[4], expected=VERSIONS[2], reason="test", actor="test")
+    monkeypatch.setattr(registry, "now_iso", lambda: at(120))
+    runs.pin(reason="test", actor="test")
+    return runs
+
+
+def test_models_live_timeline_gives_the_versions_buckets_newest_first_and_the_changes_over_them(
+    served: registry.Registry,
+) -> None:
+    calls: list[str] = []
+    aws.dynamodb().meta.events.register(
+        "before-call.dynamodb.*", lambda model, **kw: calls.append(model.name)
+    )
+    status, body = get({"live": "latest"})
+    assert status == 200
+    assert sorted(calls) == ["BatchGetItem", "GetItem", "Query", "Query", "Query"]  # runs, buckets, history
+    timeline = body["timeline"]
+    assert timeline["version"] == VERSIONS[4] == body["latest"]
+    buckets = timeline["buckets"]
+    assert [b["start"] for b in buckets] == [at(s)[:19] + "Z" for s in (110, 100, 90, 80, 70, 60)]
+    assert [b["start_ms"] for b in buckets] == [T0 + s * 1000 for s in (110, 100, 90, 80, 70, 60)]
+    assert [(b["seen"], b["correct"]) for b in buckets] == [(10, 5 + k) for k in range(5, -1, -1)]
+    assert buckets[0]["accuracy"] == 1.0 and buckets[0]["bucket_s"] == BUCKET_S
+    assert buckets[-1]["ci_low"] == pytest.approx(0.2366, abs=1e-4)  # Wilson, 5 of 10
+    assert buckets[-1]["ci_high"] == pytest.approx(0.7634, abs=1e-4)
+    assert "confusion" not in buckets[0] and timeline["more"] is False
+    # The changes over the buckets' span, down to the one in force at the oldest bucket.
+    assert [(c["action"], c["version"], c["at"]) for c in timeline["changes"]] == [
+        ("pin", VERSIONS[4], at(120)),
+        ("auto", VERSIONS[4], at(60)),
+    ]
+    assert timeline["changes"][1]["previous"] == VERSIONS[2]
+
+
+def test_models_live_timeline_of_an_older_version_reaches_back_to_its_promotion(
+    served: registry.Registry,
+) -> None:
+    status, body = get({"live": VERSIONS[2]})
+    assert status == 200
+    timeline = body["timeline"]
+    assert [b["start_ms"] for b in timeline["buckets"]] == [T0 + s * 1000 for s in (50, 40, 30, 20, 10, 0)]
+    assert all(b["accuracy"] == pytest.approx(0.9) for b in timeline["buckets"])
+    assert [(c["action"], c["version"]) for c in timeline["changes"]] == [
+        ("pin", VERSIONS[4]),
+        ("auto", VERSIONS[4]),
+        ("auto", VERSIONS[2]),  # made now by the fixture, before T0: in force at the oldest bucket
+    ]
+
+
+@pytest.mark.parametrize(("limit", "more"), [(2, True), (5, True), (6, False), (7, False)])
+def test_models_live_timeline_is_bounded_by_buckets_and_says_whether_there_are_more(
+    served: registry.Registry, limit: int, more: bool
+) -> None:
+    status, body = get({"live": VERSIONS[4], "buckets": str(limit)})
+    assert status == 200
+    timeline = body["timeline"]
+    newest = [T0 + s * 1000 for s in (110, 100, 90, 80, 70, 60)]
+    assert [b["start_ms"] for b in timeline["buckets"]] == newest[:limit]
+    assert timeline["more"] is more
+    # Down to the change in force at the oldest bucket returned.
+    assert [c["action"] for c in timeline["changes"]] == ["pin", "auto"]
+
+
+def test_models_live_timeline_of_a_version_never_scored_is_empty(served: registry.Registry) -> None:
+    status, body = get({"live": VERSIONS[0]})
+    assert status == 200
+    assert body["timeline"]["buckets"] == [] and body["timeline"]["more"] is False
+    assert [c["action"] for c in body["timeline"]["changes"]] == ["pin"]  # the change in force now
+
+
+def test_models_live_latest_before_any_promotion_is_an_empty_timeline(stack: Any) -> None:
+    models.reset()
+    status, body = get({"live": "latest"})
+    assert status == 200
+    assert body["timeline"] == {"version": None, "buckets": [], "more": False, "changes": []}
+
+
+def test_models_without_live_has_no_timeline(runs: registry.Registry) -> None:
+    assert "timeline" not in get()[1]
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "message"),
+    [
+        ({"live": "v1"}, "live", "live must be a model version like v20261123T091432Z-1a2b or 'latest'"),
+        ({"live": "latest", "buckets": "0"}, "buckets", "buckets must be an integer from 1 to 500"),
+        ({"live": "latest", "buckets": "501"}, "buckets", "buckets must be an integer from 1 to 500"),
+        ({"live": "latest", "buckets": "all"}, "buckets", "buckets must be an integer from 1 to 500"),
+        ({"buckets": "5"}, "buckets", "buckets needs live=<version or latest>"),
+    ],
+)
+def test_models_rejects_bad_timeline_parameters(
+    stack: Any, query: dict[str, str], field: str, message: str
+) -> None:
+    models.reset()
+    status, body = get(query)
+    assert status == 400 and body["field"] == field and body["message"].startswith(message)

@@ -97,14 +97,45 @@ async function chart(page) {
   }));
 }
 
-// The chart is redrawn at its box's width after a resize.
+// The live accuracy chart: its points (oldest first) and the changes of latest it marks, with
+// where they were drawn, so the caller can check that a marker falls inside the plot.
+async function liveChart(page) {
+  return page.evaluate(() => {
+    const svg = document.querySelector("#live-chart svg");
+    const number = (text) => (text === "" || text === undefined ? null : Number(text));
+    return {
+      version: svg ? svg.dataset.version : null,
+      width: svg ? Number(svg.getAttribute("viewBox").split(" ")[2]) : null,
+      points: [...document.querySelectorAll("#live-chart g.bucket")].map((g) => ({
+        start: g.dataset.start,
+        accuracy: number(g.dataset.accuracy),
+        seen: number(g.dataset.seen),
+        ciLow: number(g.dataset.ciLow),
+        ciHigh: number(g.dataset.ciHigh),
+        x: Number(g.querySelector("circle").getAttribute("cx")),
+      })),
+      markers: [...document.querySelectorAll("#live-chart g.change")].map((g) => ({
+        action: g.dataset.action,
+        version: g.dataset.version,
+        at: g.dataset.at,
+        x: Number(g.querySelector("line").getAttribute("x1")),
+      })),
+      band: document.querySelector("#live-chart .ci-band") !== null,
+      holdout: number(document.querySelector("#live-chart g.holdout")?.dataset.accuracy),
+      label: svg ? svg.getAttribute("aria-label") : null,
+      text: document.getElementById("live-chart").textContent,
+    };
+  });
+}
+
+// The charts are redrawn at their box's width after a resize.
 async function chartFits(page) {
-  await page.waitForFunction(() => {
-    const box = document.getElementById("chart");
+  await page.waitForFunction(() => ["chart", "live-chart"].every((id) => {
+    const box = document.getElementById(id);
     const svg = box.querySelector("svg");
     if (!svg) return true;
     return Number(svg.getAttribute("viewBox").split(" ")[2]) === Math.max(320, Math.floor(box.clientWidth));
-  }, null, { timeout: WAIT_MS });
+  }), null, { timeout: WAIT_MS });
 }
 
 // A focused slider moves by its step with the arrow keys, and the prediction follows.
@@ -191,6 +222,7 @@ async function main() {
     );
     report.perClassRows = await page.locator("#metrics table.per-class tbody tr").count();
     report.chart = await chart(page);
+    report.live = await liveChart(page);
 
     for (const path of spec.screenshots?.wide ?? []) await page.screenshot({ path, fullPage: true });
     await page.setViewportSize({ width: 390, height: 844 });
@@ -219,6 +251,7 @@ async function main() {
         version: await page.getAttribute("#model-version", "data-version"),
         prediction: await shownPrediction(page),
         chart: await chart(page),
+        live: await liveChart(page),
       };
     }
   } finally {
