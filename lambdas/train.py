@@ -20,12 +20,14 @@ infrastructure failure: retried). An alarm of any other run, another state or a 
 changes nothing.
 
 A fifth, a schedule (every minute), re-evaluates the lock with one read and steps only when a
-retry has come due (or the lock expired): a retry needs no new event. While a run is in flight it
-also looks at the run's instance: an instance that ended without its state-change event being
+retry has come due, a rule's request waits (the score function's quality or drift rule,
+``lambdas.core.quality``), or the lock expired: neither needs a new event. While a run is in
+flight it also looks at the run's instance: an instance that ended without its state-change event being
 handled (lost, failed) ends its run at the next tick, as that event would have.
 
 After any of them, a run starts if the lock is free (or expired), enough new samples are pending
-and the minimum interval has passed (and a retry's backoff, unless enough fresh data came).
+or a rule's request waits, and the minimum interval has passed (and a retry's backoff, unless
+enough fresh data came). The run item's ``trigger.rule`` says which rule started it.
 A run that ended with a model, or failed on its data or code, consumes the samples it scanned
 (its ``scan_started_ms``): samples that arrived between its launch and its scan do not start a
 second run. A run that failed for an infrastructure reason leaves its samples pending and is
@@ -197,6 +199,7 @@ class Decision:
     reason: str | None = None  # why nothing starts
     previous: lock.LockState | None = None  # the lock just before it was acquired
     retries: tuple[tuple[str, lock.Retry], ...] = ()  # plans for the runs that failed (stale too)
+    rule: str | None = None  # which rule starts ``launch``: lock.COUNT or a request's (quality, drift)
 
 
 def decide(
@@ -228,7 +231,10 @@ def decide(
         return state, Decision(stale=stale, reason=reason, retries=tuple(retries))
     version = registry.new_version(now)
     acquired = lock.acquire(state, version, now, cfg.lock_ttl_s)
-    return acquired, Decision(launch=version, stale=stale, previous=state, retries=tuple(retries))
+    started_by = lock.rule(state, cfg.min_new_samples)
+    return acquired, Decision(
+        launch=version, stale=stale, previous=state, retries=tuple(retries), rule=started_by
+    )
 
 
 def _end(
@@ -278,6 +284,7 @@ def advance(
         pending=after.pending,
         holder=after.holder,
         launch=decision.launch,
+        rule=decision.rule,
         reason=decision.reason,
         retries={version: retry.to_dict() for version, retry in decision.retries},
     )
@@ -529,6 +536,24 @@ def trainer_environment(version: str, cfg: TrainSettings) -> dict[str, str]:
     }
 
 
+def trigger_record(before: lock.LockState, after: lock.LockState, cfg: TrainSettings) -> dict[str, Any]:
+    """Why the run starts, as its run item and its outcome's notification say: the rule
+    (``count`` when enough new samples were pending, whatever else held) and the figures of a
+    rule's request answered by this run (``quality``: the window's counts, its bound, the
+    holdout accuracy it fell below)."""
+    out: dict[str, Any] = {
+        "rule": lock.rule(before, cfg.min_new_samples),
+        "new_samples": before.pending,
+        "min_new_samples": cfg.min_new_samples,
+        "watermark_ms": after.watermark_ms,
+        "attempt": after.failures + 1,  # consecutive infrastructure failures + 1
+    }
+    wanted = before.wanted
+    if wanted is not None:
+        out[str(wanted.get("rule"))] = {k: v for k, v in wanted.items() if k != "rule"}
+    return out
+
+
 def start_run(
     version: str,
     before: lock.LockState,
@@ -553,11 +578,7 @@ def start_run(
     )
     runs.create_run(
         version,
-        trigger={
-            "new_samples": before.pending,
-            "watermark_ms": after.watermark_ms,
-            "attempt": after.failures + 1,  # consecutive infrastructure failures + 1
-        },
+        trigger=trigger_record(before, after, cfg),
         hyperparameters=cfg.trainer_settings,
         image=cfg.trainer_image,
         lock_expires_at=after.expires_at,
@@ -662,6 +683,7 @@ def _not_started(
         cfg=notify.NotifySettings(cfg.notify_topic_arn),
         failure_kind=registry.INFRASTRUCTURE,
         retry=plan,
+        trigger=trigger_record(before, before, cfg),
     )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from lambdas.core import aws, log, notify
+from lambdas.core import aws, drift, log, notify
 from lambdas.core import settings as env_settings
 from lambdas.core.errors import AutoretrainError, Conflict, NotFound
 from lambdas.core.registry import (
@@ -153,11 +153,38 @@ def run(
         if status in (FAILED, INTERRUPTED) and (run_recorded or not own_run):
             _record_final(registry, version, status, record, started, create=not run_recorded)
         if status in FINAL_STATUSES and (run_recorded or not own_run):
-            _announce(version, status, record, release, sns)
+            _announce(
+                version,
+                status,
+                record,
+                release,
+                sns,
+                trigger=None if own_run else _trigger(registry, version),
+            )
     return _finish(version, status, exit_code, record, started)
 
 
-def _announce(version: str, status: str, record: dict[str, Any], release: ReleaseSettings, sns: Any) -> None:
+def _trigger(registry: Registry, version: str) -> dict[str, Any] | None:
+    """The rule that started the run and its figures, as the train trigger recorded them (None
+    for a run nobody triggered, or when the record cannot be read: the outcome is announced all
+    the same)."""
+    try:
+        trigger = registry.get_run(version).get("trigger")
+    except Exception as err:  # noqa: BLE001 - the announcement must not fail on it
+        log.warning("run_trigger_unread", version=version, error=f"{type(err).__name__}: {err}")
+        return None
+    return trigger if isinstance(trigger, dict) else None
+
+
+def _announce(
+    version: str,
+    status: str,
+    record: dict[str, Any],
+    release: ReleaseSettings,
+    sns: Any,
+    *,
+    trigger: dict[str, Any] | None = None,
+) -> None:
     gate_record = record.get("gate") or {}
     metrics = {
         split: {k: values.get(k) for k in ("accuracy", "loss", "count")}
@@ -175,6 +202,7 @@ def _announce(version: str, status: str, record: dict[str, Any], release: Releas
         cfg=release.notifications,
         client=sns,
         failure_kind=record.get("failure_kind") if status in (FAILED, INTERRUPTED) else None,
+        trigger=trigger,
     )
 
 
@@ -312,6 +340,9 @@ def _train_and_publish(
     record.update(
         train_count=len(parts.train), validation_count=len(parts.validation), holdout_count=len(parts.holdout)
     )
+    # The training snapshot's input distribution, for the drift rule (lambdas/core/drift.py): the
+    # score function compares what arrives with it, per feature.
+    record["input_profile"] = drift.profile(samples.x).to_dict()
     watcher = SpotWatcher(imds, settings.spot_poll_seconds)
     if imds.token() is None:
         log.log("imds_unreachable", endpoint=imds.endpoint, spot_polling=False)

@@ -51,7 +51,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from lambdas.core import aws, log, registry
-from lambdas.core.schema import LABELS
+from lambdas.core.schema import FEATURE_NAMES, LABELS
 
 PREFIX = "live#"
 KIND = "live"
@@ -75,6 +75,11 @@ RETRYABLE = frozenset(
         "InternalServerError",
     }
 )
+
+
+def drift_attribute(feature: str, index: int) -> str:
+    """A time bucket's count of samples in bin ``index`` of ``feature`` (``lambdas.core.drift``)."""
+    return f"in_{feature}_{index}"
 
 
 def cell_name(true: str, predicted: str) -> str:
@@ -173,6 +178,9 @@ class Outcome:
     predicted: str
     at_ms: int  # ingestion time (epoch ms): which bucket it counts in
     ingested: str | None  # the item's ``ingested`` number as its INSERT recorded it; None: absent
+    # The sample's bin per feature under its version's training profile (``lambdas.core.drift``);
+    # empty when the version has none. Added to the time bucket as ``in_<feature>_<bin>``.
+    bins: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -315,13 +323,20 @@ class LiveStore:
                 "start_ms": start,
                 "bucket_s": self.bucket_s,
             }
-            out.append(self._add(f"{PREFIX}{sk}", fields, members))
+            out.append(self._add(f"{PREFIX}{sk}", fields, members, inputs=True))
         return out
 
-    def _add(self, pk: str, fields: Mapping[str, Any], members: Sequence[Outcome]) -> dict[str, Any]:
+    def _add(
+        self, pk: str, fields: Mapping[str, Any], members: Sequence[Outcome], *, inputs: bool = False
+    ) -> dict[str, Any]:
         counts = Counts.of((o.label, o.predicted) for o in members)
         added = {"seen": counts.seen, "correct": counts.correct}
         added.update({cell_name(*pair): n for pair, n in zip(CELLS, counts.cells, strict=True) if n})
+        if inputs:  # the input histograms of a time bucket (the drift rule's window)
+            for o in members:
+                for name, index in zip(FEATURE_NAMES, o.bins, strict=False):
+                    key = drift_attribute(name, index)
+                    added[key] = added.get(key, 0) + 1
         names: dict[str, str] = {}
         values: dict[str, Any] = {}
         sets, adds = [], []
@@ -368,6 +383,11 @@ class LiveStore:
     def window(self, version: str, since_ms: int) -> Counts:
         """The counts of ``version`` over the buckets starting at or after ``since_ms`` (a
         rolling window: pass now minus its length)."""
+        return self.window_items(version, since_ms)[0]
+
+    def window_items(self, version: str, since_ms: int) -> tuple[Counts, list[dict[str, Any]]]:
+        """``window``'s counts and its bucket items in plain Python (their input histograms:
+        ``lambdas.core.drift.histograms``)."""
         since = iso(bucket_start_ms(since_ms, self.bucket_s))
         kwargs: dict[str, Any] = {
             "TableName": self.model_table,
@@ -382,10 +402,13 @@ class LiveStore:
             "ScanIndexForward": False,
         }
         total = Counts()
+        items = []
         while True:
             page = self.ddb.query(**kwargs)
             for item in page.get("Items", []):
-                total = total + Counts.from_item(registry.from_item(item))
+                plain = registry.from_item(item)
+                items.append(plain)
+                total = total + Counts.from_item(plain)
             if not page.get("LastEvaluatedKey"):
-                return total
+                return total, items
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

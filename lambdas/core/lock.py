@@ -24,6 +24,13 @@ atomically:
   pending data, when the next attempt may start, and the launch of the failed attempt
   (samples ingested after it are fresh data, which does not wait for the backoff).
 - ``last_launch_at``: for the minimum interval between launches.
+- ``request``: a retrain asked for by a rule other than the count (``rule``: ``"quality"`` or
+  ``"drift"``) with its figures, written by the score function (``request``, below) while no
+  run is in flight. It lets a run start with fewer than ``MIN_NEW_SAMPLES`` pending, under the
+  same lock, minimum interval and retry backoff; the launch consumes it. It counts only while
+  its evidence starts at or after the last launch (``from_ms >= last_launch_at``): evidence
+  older than a run was that run's to answer, so a duplicated or late request never starts a
+  second run.
 - ``rev``: incremented by every write; a write succeeds only if ``rev`` is still the one read
   (optimistic concurrency), so concurrent batches serialise on this item.
 
@@ -69,6 +76,7 @@ class LockState:
     failures: int = 0
     retry_at: float = 0.0
     retry_from_ms: int = 0
+    request: dict[str, Any] | None = None  # see ``wanted``
     rev: int = 0
 
     def held(self, now: float) -> bool:
@@ -92,6 +100,14 @@ class LockState:
     @property
     def launch_ms(self) -> int:
         return int(self.last_launch_at * 1000)
+
+    @property
+    def wanted(self) -> dict[str, Any] | None:
+        """The rule request that may start a run: one whose evidence postdates the last launch."""
+        request = self.request
+        if request is None or int(request.get("from_ms", 0)) < self.launch_ms:
+            return None
+        return request
 
 
 # retries ------------------------------------------------------------------------------------
@@ -177,7 +193,7 @@ def why_not_launch(state: LockState, now: float, *, min_new: int, min_interval_s
     """None when a run may start now, else the reason it may not."""
     if state.held(now):
         return f"run {state.holder} in flight"
-    if state.pending < min_new:
+    if state.pending < min_new and state.wanted is None:
         return f"{state.pending} new samples pending, {min_new} needed"
     if now - state.last_launch_at < min_interval_s:
         return f"last launch {now - state.last_launch_at:.0f}s ago, {min_interval_s:.0f}s minimum"
@@ -197,10 +213,23 @@ def due(state: LockState, now: float, *, min_new: int, min_interval_s: float) ->
     )
 
 
+COUNT = "count"  # the rule of a run started by MIN_NEW_SAMPLES new samples
+
+
+def rule(state: LockState, min_new: int) -> str:
+    """Which rule starts the run ``state`` may launch: the count first (it would have started
+    the run anyway), else the request's."""
+    wanted = state.wanted
+    if state.pending >= min_new or wanted is None:
+        return COUNT
+    return str(wanted.get("rule"))
+
+
 def acquire(state: LockState, version: str, now: float, ttl_s: float) -> LockState:
-    """Hand the lock to ``version``. Its samples stay pending until it ends (see ``end_run``)."""
+    """Hand the lock to ``version``. Its samples stay pending until it ends (see ``end_run``);
+    a rule's request is answered by this run (consumed)."""
     return dataclasses.replace(
-        state, holder=version, instance_id=None, expires_at=now + ttl_s, last_launch_at=now
+        state, holder=version, instance_id=None, expires_at=now + ttl_s, last_launch_at=now, request=None
     )
 
 
@@ -234,11 +263,15 @@ def undo_acquire(
     state: LockState, version: str, before: LockState, now: float, policy: RetryPolicy
 ) -> tuple[LockState, Retry | None]:
     """A launch failed (an infrastructure failure): free the lock, give the launch interval
-    back, plan the retry."""
+    and a rule's request back (unless a newer one came), plan the retry."""
     if state.holder != version:
         return state, None
     launch_ms = state.launch_ms
-    freed = dataclasses.replace(release(state, version), last_launch_at=before.last_launch_at)
+    freed = dataclasses.replace(
+        release(state, version),
+        last_launch_at=before.last_launch_at,
+        request=state.request or before.request,
+    )
     return _failed(freed, launch_ms, now, policy)
 
 
@@ -301,6 +334,7 @@ class LockStore:
             failures=int(data.get("failures", 0)),
             retry_at=float(data.get("retry_at", 0)),
             retry_from_ms=int(data.get("retry_from_ms", 0)),
+            request=data.get("request"),
             rev=int(data.get("rev", 0)),
         )
 
@@ -321,6 +355,38 @@ class LockStore:
             self.ddb.put_item(**kwargs)
         except ClientError as err:
             if err.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def request(self, request: dict[str, Any]) -> bool:
+        """Ask for a run (a rule's request, see the module docstring): True when stored, False
+        when a run is in flight (it will be judged afresh once that run ends and serves).
+
+        One conditional update that also bumps ``rev``, so a trigger step that read the item
+        before it fails its own condition and reads it again: neither write is lost. ADD on a
+        missing item starts from 0 (DynamoDB API reference, AttributeValueUpdate: "DynamoDB uses
+        0 as the initial value"), so a first request creates the lock item. Sent as a
+        one-action TransactWriteItems: the score function may update the model table only
+        inside a transaction (its role's dynamodb:EnclosingOperation condition). The same
+        request twice stores the same item: duplicates are harmless."""
+        update = {
+            "TableName": self.table,
+            "Key": {"pk": {"S": LOCK_PK}},
+            "UpdateExpression": "SET #q = :q ADD #rev :one",
+            "ConditionExpression": "attribute_not_exists(#h)",
+            "ExpressionAttributeNames": {"#q": "request", "#rev": "rev", "#h": "holder"},
+            "ExpressionAttributeValues": {":q": to_item({"q": request})["q"], ":one": {"N": "1"}},
+        }
+        try:
+            self.ddb.transact_write_items(TransactItems=[{"Update": update}])
+        except ClientError as err:
+            # A failed condition cancels the transaction with one reason per action
+            # (TransactWriteItems API reference, TransactionCanceledException).
+            reasons = [str(r.get("Code")) for r in err.response.get("CancellationReasons") or []]
+            if err.response["Error"]["Code"] == "TransactionCanceledException" and reasons == [
+                "ConditionalCheckFailed"
+            ]:
                 return False
             raise
         return True

@@ -12,6 +12,9 @@ retried, or ``data``, not retried) and, when the train trigger ended the run its
 the trigger announces the plan in a ``run_retry`` message (status ``retry_scheduled`` or
 ``retries_exhausted``).
 
+A ``run_outcome`` of a run the train trigger started also says why it started (``trigger``: its
+``rule``, ``count`` or ``quality``, with the rule's figures; the run item's ``trigger``).
+
 The topic comes from ``NOTIFY_TOPIC_ARN``. Without it nothing is sent (one log line says so):
 a laptop run needs no topic. A failed publish is logged and never fails the caller: the run
 or the change of latest already happened and is recorded in the model table.
@@ -102,8 +105,14 @@ def run_outcome(
     client: Any = None,
     failure_kind: str | None = None,
     retry: dict[str, Any] | None = None,
+    trigger: dict[str, Any] | None = None,
 ) -> bool:
-    extra = {k: v for k, v in (("failure_kind", failure_kind), ("retry", retry)) if v is not None}
+    """``trigger``: the rule that started the run and its figures (the run item's ``trigger``)."""
+    extra = {
+        k: v
+        for k, v in (("failure_kind", failure_kind), ("retry", retry), ("trigger", trigger))
+        if v is not None
+    }
     body = message(
         RUN_OUTCOME,
         version=version,

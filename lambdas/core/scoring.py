@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lambdas.core import live, log, registry, settings
+from lambdas.core.drift import Profile
 from lambdas.core.modelstore import SourceSettings, VersionCache, predict
 from lambdas.core.schema import FEATURE_NAMES, LABELS
 
@@ -172,10 +173,16 @@ class Scored:
     failed: list[Observation] = field(default_factory=list)  # their version's model did not load
 
 
+def _no_profile(version: str) -> Profile | None:
+    return None
+
+
 @dataclass
 class Scorer:
     history: LatestHistory
     models: VersionCache
+    # The training profile of a version, to bin its samples' inputs (the drift rule's window).
+    profiles: Callable[[str], Profile | None] = _no_profile
 
     def score(self, observations: list[Observation]) -> Scored:
         out = Scored()
@@ -193,12 +200,16 @@ class Scorer:
             try:
                 loaded = self.models.get(version)
                 probabilities = predict(loaded, np.array([o.features for o in group], dtype=np.float64))
+                profile = self.profiles(version)
             except Exception as err:  # noqa: BLE001 - these records are retried; the others go on
                 log.error("live_model_unavailable", version=version, samples=len(group), error=repr(err))
                 out.failed.extend(group)
                 continue
             for o, index in zip(group, probabilities.argmax(axis=1).tolist(), strict=True):
-                outcome = live.Outcome(o.sample_id, version, o.label, LABELS[index], o.at_ms, o.ingested)
+                bins = profile.bins(o.features) if profile else ()
+                outcome = live.Outcome(
+                    o.sample_id, version, o.label, LABELS[index], o.at_ms, o.ingested, bins=bins
+                )
                 out.outcomes.append((o, outcome))
         return out
 

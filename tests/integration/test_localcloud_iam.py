@@ -453,6 +453,61 @@ def test_the_score_function_scores_uploads_by_the_version_latest_at_ingestion(ma
     assert _live_seen(cloud, V1) == 3  # nothing counted twice meanwhile
 
 
+def test_the_score_role_asks_for_a_retrain_only_through_the_lock_items_transaction(make_cloud) -> None:
+    """The quality rule's request (lambdas/core/quality.py) needs no permission the score role
+    lacked: a one-action TransactWriteItems on the lock item; a plain write is still refused."""
+    from lambdas.core import lock
+
+    cloud = make_cloud()
+    models = cloud.stack.table_name("ModelTable")
+    score = as_role(cloud, "ScoreFunctionRole", "dynamodb")
+    with pytest.raises(ClientError) as denied:
+        score.put_item(TableName=models, Item={"pk": {"S": "lock"}, "request": {"M": {}}})
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    locks = lock.LockStore(models, client=score)
+    assert locks.request({"rule": "quality", "from_ms": 1, "seen": 40}) is True
+    state = locks.read()
+    assert state.request == {"rule": "quality", "from_ms": 1, "seen": 40} and state.rev == 1
+    admin = lock.LockStore(models, client=cloud.client("dynamodb"))
+    admin.write(state, lock.acquire(state, V1, time.time(), 60))
+    assert locks.request({"rule": "quality", "from_ms": 2}) is False  # a run in flight
+
+
+@pytest.mark.parametrize("rule", ["quality", "drift"])
+def test_a_quality_drop_or_an_input_drift_starts_a_run_on_the_local_cloud(make_cloud, rule: str) -> None:
+    """Uploads the serving model gets wrong (quality), or gets right but far from its training
+    inputs (drift: every sample the same): the score function (its own role, the stream poller)
+    asks for a retrain, the train function's schedule starts it with far fewer new samples than
+    MIN_NEW_SAMPLES, and the run item says which rule started it."""
+    import numpy as np
+
+    from lambdas.core import comfort, drift
+    from lambdas.core.schema import FEATURE_NAMES
+    from scripts.bench_score import publish_constant
+
+    env = {"QUALITY_MIN_SAMPLES": "30", "DRIFT_MIN_SAMPLES": "30", "MIN_NEW_SAMPLES": "200"}
+    cloud = make_cloud(drivers=("streams",), environment=env)
+    reg = Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))
+    publish_constant(cloud.client("s3"), reg, cloud.stack.physical["ModelBucket"], V1, "ok")
+    fields: dict[str, Any] = {"metrics": {"holdout": {"accuracy": 0.9, "count": 2000}}}
+    if rule == "drift":
+        rows = comfort.generate(1000, 1, 0.0)
+        x = np.array([[r[name] for name in FEATURE_NAMES] for r in rows], dtype=np.float32)
+        fields["input_profile"] = drift.profile(x).to_dict()
+    reg.update_run(V1, expect_status=None, **fields)
+    label = "warm" if rule == "quality" else "ok"  # the model answers "ok"
+    reply = requests.post(f"{cloud.api_url}/upload", json=[{**SAMPLE, "label": label}] * 40, timeout=60)
+    assert reply.status_code == 200, reply.text
+
+    def started() -> list[dict[str, Any]]:
+        return [run for run in reg.list_runs(limit=10)[0] if run["version"] != V1]
+
+    assert _wait(lambda: bool(started()), 90), "no run started"
+    (run,) = started()
+    assert run["trigger"]["rule"] == rule and run["trigger"]["new_samples"] < 200
+    assert run["trigger"][rule]["seen"] == 40
+
+
 def test_a_score_batch_given_up_on_reaches_its_own_failure_queue(make_cloud, tmp_path) -> None:
     # Without Query the score function cannot read the promotion history: every batch fails.
     config = serverless.without_action(tmp_path, "ScoreFunctionRole", "dynamodb:Query")

@@ -64,6 +64,16 @@ def test_notification_for_a_failed_run(stack: Any, dynamodb: Any, s3: Any, inbox
     assert message["actor"] == "trainer"
 
 
+def test_notification_says_which_rule_started_the_run(stack: Any, dynamodb: Any, s3: Any, inbox: Any) -> None:
+    registry = Registry(stack.physical["ModelTable"], dynamodb)
+    version = new_version()
+    trigger = {"rule": "quality", "new_samples": 12, "quality": {"seen": 300, "correct": 180, "upper": 0.64}}
+    registry.create_run(version, instance_id="i-0abc", trigger=trigger)
+    trainer_run.run(settings_for(stack, RUN_VERSION=version), ddb=dynamodb, s3=s3)
+    (message,) = inbox()
+    assert message["trigger"] == trigger
+
+
 @pytest.mark.slow
 def test_notification_for_each_run_outcome_and_each_manual_change(
     stack: Any, dynamodb: Any, s3: Any, inbox: Any

@@ -18,37 +18,12 @@ from lambdas.core import launch, lock, registry
 from lambdas.core.errors import Unavailable
 from localcloud import infra
 from tests.conftest import subscribe_inbox
-
-PROFILE = "autoretrain-test-profile"
-TRAIN_ARN = "arn:aws:lambda:us-east-1:123456789012:function:autoretrain-test-train"
+from tests.support.trigger import TRAIN_ARN, train_settings
 
 
 @pytest.fixture
 def cfg(stack: infra.Stack, monkeypatch: pytest.MonkeyPatch) -> train.TrainSettings:
-    iam = boto3.client("iam")
-    arn = iam.create_instance_profile(InstanceProfileName=PROFILE)["InstanceProfile"]["Arn"]
-    env = {
-        **{k: str(stack.resolve_intrinsics(v)) for k, v in stack.config["provider"]["environment"].items()},
-        "AWS_REGION": "us-east-1",
-        "MIN_NEW_SAMPLES": "3",
-        "MIN_INTERVAL_S": "0",
-        "TRAIN_TIME_LIMIT_S": "600",
-        "LOCK_TTL_S": "900",
-        "TRAINER_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/autoretrain-test-trainer:latest",
-        "TRAINER_SETTINGS": "EPOCHS=5 SEED=7",
-        "AMI_ID": "ami-12c6146b",
-        "INSTANCE_TYPE": "c5.large",
-        "INSTANCE_PROFILE_ARN": arn,
-        "SPOT_FALLBACK_ON_DEMAND": "true",
-        "ALARM_PERIOD_S": "60",
-        "ALARM_EVALUATION_PERIODS": "2",
-        "ALARM_CPU_THRESHOLD": "5",
-        "TRAIN_FUNCTION_ARN": TRAIN_ARN,
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    train._settings.cache_clear()
-    return train.TrainSettings.from_env(env)
+    return train_settings(stack, monkeypatch)
 
 
 def data_record(cfg: train.TrainSettings, sample_id: str, seq: int, *, event: str = "INSERT", ingested=None):

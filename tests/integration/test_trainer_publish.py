@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from lambdas.core import comfort
+from lambdas.core import comfort, drift
 from lambdas.core.registry import Registry
 from lambdas.core.schema import FEATURE_NAMES, LABELS
 from localcloud import infra
@@ -124,6 +124,9 @@ def test_trainer_publishes_a_model_from_2000_samples(world: World) -> None:
     for split in ("train", "validation", "holdout"):
         assert set(run_item["metrics"][split]) >= {"loss", "accuracy", "count"}
     assert set(run_item["metrics"]["holdout"]["per_class"]) == set(LABELS)
+    profile = drift.Profile.from_dict(run_item["input_profile"])  # the drift rule's reference
+    assert profile is not None and profile.count == N_SAMPLES
+    assert [len(counts) for counts in profile.counts] == [drift.BINS] * len(FEATURE_NAMES)
     runs, _ = world.registry.list_runs()
     assert runs[0]["version"] == version
 

@@ -76,3 +76,47 @@ def test_lock_undo_keeps_the_samples_gives_back_the_interval_and_plans_a_retry()
     assert undone.holder is None and undone.pending_ids == ("a", "b", "c")
     assert undone.watermark_ms == 5 and undone.last_launch_at == NOW - 100
     assert retry == lock.Retry(attempt=1, of=3, next_at=NOW + 60) and undone.retry_at == NOW + 60
+
+
+# a rule's request (the quality rule) --------------------------------------------------------
+
+REQUEST = {"rule": "quality", "from_ms": int(NOW * 1000) - 60_000, "seen": 300, "correct": 150}
+
+
+def test_lock_request_starts_a_run_without_enough_samples() -> None:
+    state = lock.LockState(pending_samples=pending("a"), request=REQUEST)
+    assert lock.why_not_launch(state, NOW, min_new=50, min_interval_s=60) is None
+    assert lock.rule(state, 50) == "quality"
+    assert lock.due(state, NOW, min_new=50, min_interval_s=60)  # the schedule starts it
+
+
+def test_lock_request_still_waits_for_the_run_in_flight_the_interval_and_the_backoff() -> None:
+    free = lock.LockState(request=REQUEST)
+    held = lock.acquire(free, "v1", NOW - 1, 60)
+    assert lock.why_not_launch(held, NOW, min_new=50, min_interval_s=0) == "run v1 in flight"
+    recent = lock.LockState(request=REQUEST, last_launch_at=NOW - 100)  # evidence after that launch
+    assert lock.why_not_launch(recent, NOW, min_new=50, min_interval_s=3600) == (
+        "last launch 100s ago, 3600s minimum"
+    )
+    failed = lock.LockState(request=REQUEST, failures=1, retry_at=NOW + 30, retry_from_ms=5)
+    assert lock.why_not_launch(failed, NOW, min_new=50, min_interval_s=0) == "retry 1 due in 30s"
+
+
+def test_lock_request_with_evidence_older_than_the_last_launch_starts_nothing() -> None:
+    answered = lock.LockState(request=REQUEST, last_launch_at=NOW - 10)  # launched after from_ms
+    assert answered.wanted is None
+    assert lock.why_not_launch(answered, NOW, min_new=50, min_interval_s=0) == (
+        "0 new samples pending, 50 needed"
+    )
+
+
+def test_lock_count_rule_comes_first_and_the_launch_consumes_the_request() -> None:
+    state = lock.LockState(pending_samples=pending("a", "b"), request=REQUEST)
+    assert lock.rule(state, 2) == "count"
+    assert lock.acquire(state, "v1", NOW, 60).request is None
+
+
+def test_lock_undo_gives_the_request_back() -> None:
+    before = lock.LockState(request=REQUEST)
+    undone, _ = lock.undo_acquire(lock.acquire(before, "v1", NOW, 60), "v1", before, NOW, POLICY)
+    assert undone.request == REQUEST and undone.wanted == REQUEST
