@@ -55,6 +55,14 @@ class Settings:
     holdout_percent: int = 10
     gate_tolerance: float = 0.01
     gate_min_accuracy: float = 0.6
+    # The gate's recent window (trainer/README.md, "Gate"): the samples that arrived after
+    # latest's training data whose id is in the holdout or in the next GATE_RECENT_PERCENT %,
+    # the newest GATE_RECENT_MAX of them (0: no window); judged from GATE_RECENT_MIN samples; a
+    # candidate significantly better on it may lose GATE_DRIFT_TOLERANCE on the holdout.
+    gate_recent_percent: int = 10
+    gate_recent_max: int = 2000
+    gate_recent_min: int = 100
+    gate_drift_tolerance: float = 0.05
     scan_segments: int | None = None  # None: chosen from the table's size (trainer.data)
     imds_endpoint: str = "http://169.254.169.254"
     imds_timeout: float = 1.0
@@ -83,6 +91,9 @@ class Settings:
         holdout_percent = settings.integer(env, "HOLDOUT_PERCENT", 10, minimum=1)
         if holdout_percent > 50:
             raise ConfigError("environment variable HOLDOUT_PERCENT must be <= 50")
+        recent_percent = settings.integer(env, "GATE_RECENT_PERCENT", 10, minimum=0)
+        if recent_percent > 50:
+            raise ConfigError("environment variable GATE_RECENT_PERCENT must be <= 50")
         return cls(
             data_table=settings.required(env, "DATA_TABLE"),
             model_table=settings.required(env, "MODEL_TABLE"),
@@ -106,6 +117,10 @@ class Settings:
             holdout_percent=holdout_percent,
             gate_tolerance=settings.number(env, "GATE_TOLERANCE", 0.01, minimum=0.0),
             gate_min_accuracy=settings.number(env, "GATE_MIN_ACCURACY", 0.6, minimum=0.0),
+            gate_recent_percent=recent_percent,
+            gate_recent_max=settings.integer(env, "GATE_RECENT_MAX", 2000, minimum=0),
+            gate_recent_min=settings.integer(env, "GATE_RECENT_MIN", 100, minimum=30),
+            gate_drift_tolerance=settings.number(env, "GATE_DRIFT_TOLERANCE", 0.05, minimum=0.0),
             scan_segments=_auto_int(env, "SCAN_SEGMENTS"),
             imds_endpoint=settings.optional(env, "IMDS_ENDPOINT", "http://169.254.169.254").rstrip("/"),
             imds_timeout=settings.number(env, "IMDS_TIMEOUT", 1.0, minimum=0.05),

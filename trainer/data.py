@@ -1,4 +1,5 @@
-"""Samples from the data table to arrays: parallel scan, holdout by id hash, train/validation split."""
+"""Samples from the data table to arrays: parallel scan, holdout by id hash, the gate's recent
+window, train/validation split."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 from lambdas.core import log
 from lambdas.core.schema import FEATURE_NAMES, LABELS
 
-_FIELDS = ("id", *FEATURE_NAMES, "label", "created")
+_FIELDS = ("id", *FEATURE_NAMES, "label", "created", "ingested")
 _LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
 
@@ -28,6 +29,9 @@ class Samples:
     y: np.ndarray  # int64 [n], index into LABELS
     created: np.ndarray  # int64 [n], epoch ms
     skipped: int = 0
+    # int64 [n], epoch ms: when the upload function wrote each sample (server time, unlike the
+    # client's ``created``); None: not read, ``created`` stands in.
+    ingested: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -37,10 +41,30 @@ class Samples:
         """The newest ``created`` among the samples: which data trained a model."""
         return int(self.created.max()) if len(self.created) else None
 
+    @property
+    def arrived(self) -> np.ndarray:
+        """When each sample arrived: ``ingested``, else ``created``."""
+        return self.created if self.ingested is None else self.ingested
+
     def subset(self, index: np.ndarray) -> Samples:
         return Samples(
-            ids=[self.ids[i] for i in index], x=self.x[index], y=self.y[index], created=self.created[index]
+            ids=[self.ids[i] for i in index],
+            x=self.x[index],
+            y=self.y[index],
+            created=self.created[index],
+            ingested=None if self.ingested is None else self.ingested[index],
         )
+
+
+@dataclass(frozen=True)
+class RecentWindow:
+    """Which samples form the gate's recent window (trainer/README.md, "Gate"): those that
+    arrived after ``after_ms`` (when latest's training data was complete) and whose id falls in
+    the fixed holdout or in the next ``percent`` % of ids, the newest ``max_count`` of them."""
+
+    after_ms: int
+    percent: int
+    max_count: int
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,9 @@ class Split:
     train: Samples
     validation: Samples
     holdout: Samples
+    # The gate's recent window: never in train or validation. Its members in the fixed holdout
+    # are in ``holdout`` too.
+    recent: Samples | None = None
 
 
 # Parallel scan: one segment per BYTES_PER_SEGMENT of table (DescribeTable's TableSizeBytes),
@@ -99,6 +126,7 @@ class _Columns:
         self.x = array("f")
         self.y = array("b")
         self.created = array("q")
+        self.ingested = array("q")
         self.skipped = 0
 
     def add(self, items: list[dict[str, Any]]) -> None:
@@ -107,11 +135,12 @@ class _Columns:
             if row is None:
                 self.skipped += 1
                 continue
-            sample_id, features, label, created = row
+            sample_id, features, label, created, ingested = row
             self.ids.append(sample_id)
             self.x.extend(features)
             self.y.append(label)
             self.created.append(created)
+            self.ingested.append(ingested)
 
 
 def scan(table: str, client: Any, segments: int = 4, on_page: Callable[[int], None] | None = None) -> Samples:
@@ -158,13 +187,19 @@ def _join(parts: list[_Columns]) -> Samples:
     x = np.concatenate([np.frombuffer(part.x, dtype=np.float32) for part in parts]).reshape(-1, n)
     y = np.concatenate([np.frombuffer(part.y, dtype=np.int8) for part in parts]).astype(np.int64)
     created = np.concatenate([np.frombuffer(part.created, dtype=np.int64) for part in parts])
+    ingested = np.concatenate([np.frombuffer(part.ingested, dtype=np.int64) for part in parts])
     skipped = sum(part.skipped for part in parts)
     if skipped:
         log.warning("samples_skipped", count=skipped)
     order = sorted(range(len(ids)), key=ids.__getitem__)
     index = np.asarray(order, dtype=np.int64)
     return Samples(
-        ids=[ids[i] for i in order], x=x[index], y=y[index], created=created[index], skipped=skipped
+        ids=[ids[i] for i in order],
+        x=x[index],
+        y=y[index],
+        created=created[index],
+        skipped=skipped,
+        ingested=ingested[index],
     )
 
 
@@ -179,39 +214,64 @@ def to_samples(items: list[dict[str, Any]]) -> Samples:
     return _join([columns])
 
 
-def _row(item: dict[str, Any]) -> tuple[str, list[float], int, int] | None:
+def _row(item: dict[str, Any]) -> tuple[str, list[float], int, int, int] | None:
     try:
         sample_id = item["id"]["S"]
         features = [float(item[name]["N"]) for name in FEATURE_NAMES]
         label = _LABEL_INDEX[item["label"]["S"]]
         created = int(float(item["created"]["N"])) if "created" in item else 0
+        # The upload function always writes ``ingested``; an item written some other way arrived,
+        # as far as anyone knows, when it says it was created.
+        ingested = int(float(item["ingested"]["N"])) if "ingested" in item else created
     except (KeyError, TypeError, ValueError):
         return None
     if not all(math.isfinite(v) for v in features):
         return None
-    return sample_id, features, label, created
+    return sample_id, features, label, created, ingested
 
 
 def load(table: str, client: Any, segments: int = 4, on_page: Callable[[int], None] | None = None) -> Samples:
     return scan(table, client, segments, on_page)
 
 
+def id_bucket(sample_id: str) -> int:
+    """A fixed number in 0-99 for each id: the holdout is buckets below HOLDOUT_PERCENT, the
+    recent window's own share the next GATE_RECENT_PERCENT."""
+    return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") % 100
+
+
 def in_holdout(sample_id: str, percent: int) -> bool:
     """A fixed ``percent`` of ids, the same in every run: runs are compared on comparable data."""
-    bucket = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") % 100
-    return bucket < percent
+    return id_bucket(sample_id) < percent
 
 
-def split(samples: Samples, *, holdout_percent: int, validation_fraction: float, seed: int) -> Split:
-    """Holdout by id hash; the rest shuffled with ``seed`` into train and validation."""
-    holdout_mask = np.array([in_holdout(i, holdout_percent) for i in samples.ids], dtype=bool)
-    rest = np.flatnonzero(~holdout_mask)
+def split(
+    samples: Samples,
+    *,
+    holdout_percent: int,
+    validation_fraction: float,
+    seed: int,
+    recent: RecentWindow | None = None,
+) -> Split:
+    """Holdout by id hash; the recent window (if asked) out of training too; the rest shuffled
+    with ``seed`` into train and validation."""
+    buckets = np.array([id_bucket(i) for i in samples.ids], dtype=np.int64)
+    holdout_mask = buckets < holdout_percent
+    window_mask = np.zeros(len(samples), dtype=bool)
+    if recent is not None and recent.max_count > 0:
+        arrived = samples.arrived
+        eligible = np.flatnonzero((buckets < holdout_percent + recent.percent) & (arrived > recent.after_ms))
+        # Newest first; ids are sorted, so a stable sort breaks ties the same way in every run.
+        newest = eligible[np.argsort(-arrived[eligible], kind="stable")][: recent.max_count]
+        window_mask[newest] = True
+    rest = np.flatnonzero(~holdout_mask & ~window_mask)
     rest = rest[np.random.default_rng(seed).permutation(len(rest))]
     n_validation = max(1, round(len(rest) * validation_fraction)) if len(rest) > 1 else 0
     return Split(
         train=samples.subset(np.sort(rest[n_validation:])),
         validation=samples.subset(np.sort(rest[:n_validation])),
         holdout=samples.subset(np.flatnonzero(holdout_mask)),
+        recent=samples.subset(np.flatnonzero(window_mask)) if recent is not None else None,
     )
 
 

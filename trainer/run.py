@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import resource
 import tempfile
 import threading
@@ -331,15 +332,23 @@ def _train_and_publish(
     release: ReleaseSettings,
 ) -> tuple[str, int]:
     hyper = settings.hyper
+    # The latest this run is compared with, read before the split: the gate's recent window
+    # starts where latest's training data ended, and stays out of this run's training. If latest
+    # moves during the run, the conditional promotion refuses (set_latest's ``expected``).
+    pointer = registry.latest()
+    window = recent_window(settings, registry, pointer)
     parts = data.split(
         samples,
         holdout_percent=settings.holdout_percent,
         validation_fraction=hyper.validation_fraction,
         seed=hyper.seed,
+        recent=window,
     )
     record.update(
         train_count=len(parts.train), validation_count=len(parts.validation), holdout_count=len(parts.holdout)
     )
+    if parts.recent is not None:
+        record["recent_count"] = len(parts.recent)
     # The training snapshot's input distribution, for the drift rule (lambdas/core/drift.py): the
     # score function compares what arrives with it, per feature.
     record["input_profile"] = drift.profile(samples.x).to_dict()
@@ -351,9 +360,42 @@ def _train_and_publish(
     try:
         # The watcher runs until the upload is done: a notice after training still stops the
         # run before anything is published.
-        return _fit_gate_publish(settings, version, parts, record, registry, s3, watcher, started, release)
+        return _fit_gate_publish(
+            settings, version, parts, record, registry, s3, watcher, started, release, pointer, window
+        )
     finally:
         watcher.stop()
+
+
+def recent_window(
+    settings: Settings, registry: Registry, pointer: dict[str, Any] | None
+) -> data.RecentWindow | None:
+    """The gate's recent window for a run compared with ``pointer``'s version: samples that
+    arrived after latest's training data was complete (``trained_until_ms``). None without a
+    latest, with GATE_RECENT_MAX 0, or when latest's run does not say when its data ended."""
+    if pointer is None or settings.gate_recent_max == 0:
+        return None
+    baseline = str(pointer["version"])
+    try:
+        after_ms = trained_until_ms(registry.get_run(baseline))
+    except NotFound:
+        after_ms = None
+    if after_ms is None:
+        log.warning("recent_window_unknown", baseline_version=baseline, reason="no scan_started_ms")
+        return None
+    return data.RecentWindow(after_ms, settings.gate_recent_percent, settings.gate_recent_max)
+
+
+def trained_until_ms(run_item: dict[str, Any]) -> int | None:
+    """A moment after which no sample a run trained on can have arrived: its scan's end. A
+    sample's ``ingested`` time is taken before its write, so one ingested after the scan ended
+    was written after it too, and the run never saw it; one ingested during the scan may have
+    been seen, so the window does not start before the end."""
+    scan_started = run_item.get("scan_started_ms")
+    if scan_started is None:
+        return None
+    seconds = (run_item.get("scan") or {}).get("seconds") or 0
+    return int(scan_started) + math.ceil(float(seconds) * 1000)
 
 
 def _fit_gate_publish(
@@ -366,6 +408,8 @@ def _fit_gate_publish(
     watcher: SpotWatcher,
     started: float,
     release: ReleaseSettings,
+    pointer: dict[str, Any] | None,
+    window: data.RecentWindow | None,
 ) -> tuple[str, int]:
     from trainer import model as net
 
@@ -390,13 +434,24 @@ def _fit_gate_publish(
     }
     log.log("evaluated", version=version, **{k: v.get("accuracy") for k, v in record["metrics"].items()})
 
-    pointer = registry.latest()
     baseline_version = str(pointer["version"]) if pointer else None
     pinned = bool(pointer and pointer.get("pinned"))
     baseline_accuracy = None
-    if baseline_version is not None and len(parts.holdout):
+    recent = None
+    if baseline_version is not None:
+        # Latest is scored by the same forward pass on the same rows as the candidate.
         baseline = export.load_published(s3, settings.model_bucket, settings.model_prefix, baseline_version)
-        baseline_accuracy = net.metrics(net.predict(baseline, parts.holdout.x), parts.holdout.y)["accuracy"]
+        if len(parts.holdout):
+            on_holdout = net.metrics(net.predict(baseline, parts.holdout.x), parts.holdout.y)
+            baseline_accuracy = on_holdout["accuracy"]
+        if window is not None and parts.recent is not None:
+            recent = gate.compare_recent(
+                net.predict(candidate, parts.recent.x).argmax(axis=1),
+                net.predict(baseline, parts.recent.x).argmax(axis=1),
+                parts.recent.y,
+                after_ms=window.after_ms,
+                in_holdout=sum(data.in_holdout(i, settings.holdout_percent) for i in parts.recent.ids),
+            )
     decision = gate.decide(
         record["metrics"]["holdout"]["accuracy"],
         baseline_version=baseline_version,
@@ -404,6 +459,9 @@ def _fit_gate_publish(
         tolerance=settings.gate_tolerance,
         min_accuracy=settings.gate_min_accuracy,
         pinned=pinned,
+        recent=recent,
+        recent_min=settings.gate_recent_min,
+        drift_tolerance=settings.gate_drift_tolerance,
     )
     record["baseline_version"] = baseline_version  # the latest this run was compared with
 

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +26,7 @@ from localcloud import infra
 from tests.unit.test_trainer_imds import FakeImds
 from trainer import data, export
 from trainer.config import Settings
-from trainer.run import Outcome, run
+from trainer.run import Outcome, run, trained_until_ms
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,11 @@ N_SAMPLES = 2000
 CREATED = 1_790_000_000_000
 
 
-def write_samples(ddb: Any, table: str, samples: list[dict[str, Any]], prefix: str = "t") -> list[str]:
-    """Write samples as data-table items (the upload path's format); returns their ids."""
+def write_samples(
+    ddb: Any, table: str, samples: list[dict[str, Any]], prefix: str = "t", ingested_ms: int = CREATED
+) -> list[str]:
+    """Write samples as data-table items (the upload path's format), the i-th ingested at
+    ``ingested_ms + i``; returns their ids."""
     ids = []
     requests = []
     for i, sample in enumerate(samples):
@@ -48,7 +52,7 @@ def write_samples(ddb: Any, table: str, samples: list[dict[str, Any]], prefix: s
             **{name: {"N": repr(float(sample[name]))} for name in FEATURE_NAMES},
             "label": {"S": sample["label"]},
             "created": {"N": str(sample.get("created", CREATED) + i)},
-            "ingested": {"N": str(CREATED + i)},
+            "ingested": {"N": str(ingested_ms + i)},
             "source": {"S": "api"},
         }
         requests.append({"PutRequest": {"Item": item}})
@@ -277,3 +281,56 @@ def test_trainer_rejects_a_worse_candidate_and_keeps_latest(world: World) -> Non
     assert gate["candidate_accuracy"] < gate["baseline_accuracy"] - settings.gate_tolerance
     kept = world.s3.list_objects_v2(Bucket=world.env["MODEL_BUCKET"], Prefix=f"models/{outcome.version}/")
     assert {o["Key"].rsplit("/", 1)[1] for o in kept["Contents"]} >= {"model.json", "metadata.json"}
+
+
+def test_trainer_gate_judges_the_present_after_the_world_drifted(world: World) -> None:
+    # Runs last: it moves latest. The same 2,000 samples, then 4,000 that arrive after latest
+    # was trained, labelled by people who now feel 6 °F warmer than the air (the labels of many
+    # conditions change): latest is wrong on much of the present.
+    published = world.registry.latest_version()
+    assert published == world.outcome.version
+    drifted_table = world.env["DATA_TABLE"] + "-drifted"
+    world.ddb.create_table(
+        TableName=drifted_table,
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    write_samples(world.ddb, drifted_table, world.samples)
+    drifted = comfort.generate(4000, 20261130, 0.0, now_ms=CREATED)
+    shifted = comfort.labels(
+        *([s[name] + (6.0 if name == "temp" else 0.0) for s in drifted] for name in FEATURE_NAMES)
+    )
+    for sample, label in zip(drifted, shifted, strict=True):
+        sample["label"] = label
+    arrived = int(time.time() * 1000) + 1000
+    drifted_ids = write_samples(world.ddb, drifted_table, drifted, prefix="d", ingested_ms=arrived)
+
+    settings = Settings.from_env(
+        {**world.env, "DATA_TABLE": drifted_table, "IMDS_ENDPOINT": world.imds.endpoint, "EPOCHS": "40"}
+    )
+    outcome = run(settings, ddb=world.ddb, s3=world.s3)
+
+    run_item = world.registry.get_run(outcome.version)
+    gate = run_item["gate"]
+    recent = gate["recent"]
+    print(f"gate: {gate['decision']}: {gate['reason']}")
+    # The window: what arrived after latest's training data, in the holdout or the next 10 % of ids.
+    assert recent["after_ms"] == trained_until_ms(world.registry.get_run(published))
+    window = [
+        i for i in drifted_ids if data.id_bucket(i) < settings.holdout_percent + settings.gate_recent_percent
+    ]
+    assert recent["count"] == run_item["recent_count"] == len(window)
+    assert recent["in_holdout"] == sum(data.in_holdout(i, settings.holdout_percent) for i in window)
+    # ... and none of it trained the candidate: train, validation and holdout hold the rest.
+    trained_or_validated = run_item["train_count"] + run_item["validation_count"]
+    assert trained_or_validated + run_item["holdout_count"] + recent["count"] - recent["in_holdout"] == 6000
+    # Both models scored on it; latest fails the present, the candidate is significantly better.
+    assert recent["baseline_accuracy"] < 0.75
+    assert recent["verdict"] == "better" and recent["lower"] > 0
+    assert recent["candidate_accuracy"] - recent["baseline_accuracy"] == pytest.approx(
+        recent["difference"], abs=1e-5
+    )
+    assert gate["baseline_version"] == published and gate["holdout_floor"] is not None
+    assert (outcome.status, gate["decision"]) == ("published", "promote")
+    assert world.registry.latest_version() == outcome.version

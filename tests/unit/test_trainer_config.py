@@ -37,6 +37,10 @@ def test_settings_read_every_override() -> None:
             "MIN_SAMPLES": "50",
             "GATE_TOLERANCE": "0.02",
             "GATE_MIN_ACCURACY": "0.7",
+            "GATE_RECENT_PERCENT": "20",
+            "GATE_RECENT_MAX": "500",
+            "GATE_RECENT_MIN": "50",
+            "GATE_DRIFT_TOLERANCE": "0.08",
             "IMDS_ENDPOINT": "http://127.0.0.1:8000/",
             "SPOT_POLL_SECONDS": "0.5",
             "CODE_VERSION": "abc123",
@@ -49,6 +53,8 @@ def test_settings_read_every_override() -> None:
     assert settings.hyper.hidden_units == (8, 4) and settings.hyper.activation == "tanh"
     assert settings.min_samples == 50
     assert (settings.gate_tolerance, settings.gate_min_accuracy) == (0.02, 0.7)
+    assert (settings.gate_recent_percent, settings.gate_recent_max, settings.gate_recent_min) == (20, 500, 50)
+    assert settings.gate_drift_tolerance == 0.08
     assert settings.imds_endpoint == "http://127.0.0.1:8000"
     assert settings.spot_poll_seconds == 0.5
     assert settings.code_version == "abc123"
@@ -74,6 +80,11 @@ def test_settings_missing_required_variable_is_named(missing: str) -> None:
         ("VALIDATION_FRACTION", "0.9"),
         ("HOLDOUT_PERCENT", "0"),
         ("LEARNING_RATE", "-1"),
+        ("GATE_RECENT_PERCENT", "51"),
+        ("GATE_RECENT_PERCENT", "-1"),
+        ("GATE_RECENT_MAX", "-1"),
+        ("GATE_RECENT_MIN", "10"),
+        ("GATE_DRIFT_TOLERANCE", "-0.1"),
     ],
 )
 def test_settings_reject_bad_value(name: str, value: str) -> None:

@@ -144,3 +144,72 @@ def test_data_scan_decodes_each_page_and_reports_progress() -> None:
     assert samples.y.tolist() == [1, 0, 1] and samples.created.tolist() == [5, 9, 1700000000000]
     np.testing.assert_allclose(samples.x[1], [65.25, 40, 0.1, 0.5], rtol=1e-6)
     assert sorted(seen) == [1, 1, 2]
+
+
+def _arrivals(n: int) -> data.Samples:
+    """``n`` samples, the i-th ingested at i ms (``created`` says otherwise: it is the client's)."""
+    items = [{**item(f"s-{i:04d}", created="1"), "ingested": {"N": str(i)}} for i in range(n)]
+    return data.to_samples(items)
+
+
+def test_data_reads_ingested_and_falls_back_to_created() -> None:
+    samples = data.to_samples([{**item("a", created="5"), "ingested": {"N": "9"}}, item("b", created="7")])
+    assert samples.arrived.tolist() == [9, 7]
+    assert samples.subset(np.array([1])).arrived.tolist() == [7]
+
+
+def test_data_recent_window_is_never_trained_on_and_leaves_the_holdout_fixed() -> None:
+    samples = _arrivals(4000)
+    window = data.RecentWindow(after_ms=2999, percent=10, max_count=2000)
+    plain = data.split(samples, holdout_percent=10, validation_fraction=0.15, seed=1)
+    parts = data.split(samples, holdout_percent=10, validation_fraction=0.15, seed=1, recent=window)
+    assert parts.recent is not None and plain.recent is None
+    recent = set(parts.recent.ids)
+    assert recent.isdisjoint(parts.train.ids) and recent.isdisjoint(parts.validation.ids)
+    assert parts.holdout.ids == plain.holdout.ids  # fixed whatever the window
+    # The window: every sample after the snapshot in the holdout or the next 10 % of ids.
+    expected = {
+        i for i, t in zip(samples.ids, samples.arrived, strict=True) if t > 2999 and data.id_bucket(i) < 20
+    }
+    assert recent == expected and 150 < len(recent) < 250
+    assert recent & set(parts.holdout.ids)  # holdout members count in the window too
+    in_both = len(recent & set(parts.holdout.ids))
+    assert len(parts.train) + len(parts.validation) + len(parts.holdout) + len(recent) - in_both == len(
+        samples
+    )
+    # Before the snapshot the recent share of ids trains as usual.
+    older = [
+        i
+        for i, t in zip(samples.ids, samples.arrived, strict=True)
+        if t <= 2999 and 10 <= data.id_bucket(i) < 20
+    ]
+    assert set(older) <= set(parts.train.ids) | set(parts.validation.ids)
+
+
+def test_data_recent_window_keeps_the_newest_max_count() -> None:
+    samples = _arrivals(4000)
+    parts = data.split(
+        samples,
+        holdout_percent=10,
+        validation_fraction=0.15,
+        seed=1,
+        recent=data.RecentWindow(after_ms=0, percent=10, max_count=50),
+    )
+    assert parts.recent is not None and len(parts.recent) == 50
+    eligible = sorted(
+        (t, i) for i, t in zip(samples.ids, samples.arrived, strict=True) if t > 0 and data.id_bucket(i) < 20
+    )
+    assert set(parts.recent.ids) == {i for _, i in eligible[-50:]}
+
+
+def test_data_recent_window_is_empty_when_nothing_arrived_since() -> None:
+    samples = _arrivals(500)
+    parts = data.split(
+        samples,
+        holdout_percent=10,
+        validation_fraction=0.15,
+        seed=1,
+        recent=data.RecentWindow(after_ms=499, percent=10, max_count=2000),
+    )
+    assert parts.recent is not None and len(parts.recent) == 0
+    assert len(parts.train) + len(parts.validation) + len(parts.holdout) == 500
