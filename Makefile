@@ -15,10 +15,11 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh bench-cold bench-score models web lock clean
+.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh bench-cold bench-score bench-drift models web lock clean
 
 help:
 	@echo "make demo   - run the whole retraining loop on the local cloud, then stop"
+	@echo "make demo ARGS=--drift - the drift scenario: traffic shifts, a rule retrains, accuracy recovers"
 	@echo "make test   - install what the tests need and run them"
 	@echo "make local  - keep the local cloud running in the foreground (Ctrl-C stops it)"
 	@echo "make bench  - the prediction benchmark (figures, not assertions)"
@@ -28,6 +29,7 @@ help:
 	@echo "make bench-cold - the traffic function's image: cold start and size, against the old layer"
 	@echo "make image IMAGE=traffic - build the traffic function's image (without docker: build/traffic-image)"
 	@echo "make bench-score - live scoring: the score function's time per record, first delivery and replay"
+	@echo "make bench-drift - the drift scenario's figures: detection delay, false triggers, live accuracy"
 	@echo "make lint   - ruff and mypy"
 	@echo "make models - print the model table of the running local cloud (or AWS)"
 	@echo "make web    - build/web: the page as static files (API=https://... names the API)"
@@ -66,7 +68,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 demo: install
-	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo $(ARGS)
 
 local: install
 	$(PY) -m localcloud $(ARGS)
@@ -88,6 +90,9 @@ bench-cold: install
 
 bench-score: install
 	$(PY) -m scripts.bench_score $(ARGS)
+
+bench-drift: install
+	$(PY) -m scripts.bench_drift $(ARGS)
 
 models: $(STAMP)
 	$(PY) -m scripts.models

@@ -6,18 +6,26 @@ over HTTP to ``$API_URL/upload`` (standard library only, so the function needs n
 package); without it they go straight through the same ingestion function the upload
 handler calls. A seed (``TRAFFIC_SEED``, or ``"seed"`` in the event for one call) makes the
 samples reproducible.
+
+**The drift scenario's switch**: from ``TRAFFIC_SHIFT_AT`` (an ISO-8601 UTC time such as
+``2026-12-01T09:00:00Z``; empty, the default, never) the samples come from ``comfort.SHIFTED``
+instead of ``comfort.OFFICE``: other input ranges and another metabolic rate in the PMV labels
+(``lambdas/core/comfort.py``). A moment rather than a count of samples, because every execution
+environment of the function (and every restart of one) agrees on the time, not on a count.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -43,6 +51,12 @@ class TrafficSettings:
     label_noise: float = 0.05
     seed: int | None = None
     timeout_s: float = 10.0
+    shift_at_ms: int | None = None  # samples made from then on come from comfort.SHIFTED
+
+    def world(self, now_ms: int) -> comfort.World:
+        """The world samples made at ``now_ms`` come from."""
+        shifted = self.shift_at_ms is not None and now_ms >= self.shift_at_ms
+        return comfort.SHIFTED if shifted else comfort.OFFICE
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> TrafficSettings:
@@ -60,6 +74,7 @@ class TrafficSettings:
         if noise > 1.0:
             raise ConfigError(f"environment variable TRAFFIC_LABEL_NOISE must be in [0, 1], got {noise}")
         seed_text = settings.optional(env, "TRAFFIC_SEED", "")
+        shift_text = settings.optional(env, "TRAFFIC_SHIFT_AT", "")
         return cls(
             api_url=api_url,
             min_samples=low,
@@ -67,7 +82,18 @@ class TrafficSettings:
             label_noise=noise,
             seed=settings.integer(env, "TRAFFIC_SEED", 0, minimum=0) if seed_text else None,
             timeout_s=settings.number(env, "TRAFFIC_HTTP_TIMEOUT", cls.timeout_s, minimum=0.1),
+            shift_at_ms=_moment("TRAFFIC_SHIFT_AT", shift_text) if shift_text else None,
         )
+
+
+def _moment(name: str, text: str) -> int:
+    """An ISO-8601 UTC time (``Z`` or ``+00:00``) in epoch ms; ConfigError otherwise."""
+    if not text.endswith(("Z", "+00:00")):
+        raise ConfigError(f"environment variable {name} must be a UTC time such as 2026-12-01T09:00:00Z")
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError as err:
+        raise ConfigError(f"environment variable {name} must be an ISO-8601 UTC time, got {text!r}") from err
 
 
 @functools.cache
@@ -84,8 +110,10 @@ def _stream(seed: int | None) -> np.random.Generator:
 def make_samples(
     config: TrafficSettings, rng: np.random.Generator, *, now_ms: int | None = None
 ) -> list[dict[str, Any]]:
+    """One call's samples, from the world of the moment (``TrafficSettings.world``)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     count = int(rng.integers(config.min_samples, config.max_samples + 1))
-    return comfort.generate(count, rng, config.label_noise, now_ms=now_ms)
+    return comfort.generate(count, rng, config.label_noise, now_ms=now_ms, world=config.world(now_ms))
 
 
 Opener = Callable[..., Any]
@@ -129,7 +157,8 @@ def run(
 ) -> dict[str, Any]:
     """Make one batch of samples and send it; a summary of what was sent and written."""
     rng = np.random.default_rng(seed) if seed is not None else _stream(config.seed)
-    samples = make_samples(config, rng)
+    now_ms = int(time.time() * 1000)
+    samples = make_samples(config, rng, now_ms=now_ms)
     if config.api_url:
         via = "http"
         answer = post(config.api_url, samples, timeout=config.timeout_s, opener=opener)
@@ -150,6 +179,7 @@ def run(
         written=summary["written"],
         labels=dict(Counter(s["label"] for s in samples)),
         noise=config.label_noise,
+        world=config.world(now_ms).name,
     )
     return summary
 

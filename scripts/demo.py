@@ -5,6 +5,10 @@ stream reaches the train function, which launches a spot instance; the instance 
 user-data and the trainer; the gate decides; the instance powers itself off and its alarm is
 deleted; ``POST /infer`` answers with the new model; the model table shows the run.
 
+``--drift`` tells the drift scenario instead (``scripts/demo_drift.py``): live accuracy drops when
+the traffic shifts, the quality or drift rule starts a retrain before the count rule would, and
+the new model recovers.
+
 Each step prints a heading and what it saw; a step that does not see what it should stops the
 demo with exit status 1. The functions' own JSON log lines go to ``.localcloud/functions.log``
 and each instance's console to ``.localcloud/instance-<id>.log``; the story condenses them.
@@ -27,6 +31,7 @@ import requests
 
 from lambdas.core import comfort, launch, registry
 from localcloud.cloud import DEFAULT_STATE_DIR, LocalCloud
+from scripts import demo_drift
 from scripts import models as model_table
 
 # The original project's client payload, unchanged.
@@ -51,8 +56,7 @@ INFER_INPUTS = [
 _USER_DATA_LINE = re.compile(r"^\S+Z autoretrain \S+: (.*)$")
 
 
-class DemoFailed(Exception):
-    pass
+DemoFailed = demo_drift.DemoFailed
 
 
 @dataclass
@@ -380,6 +384,11 @@ STEPS: list[Step] = [
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="the drift scenario: traffic shifts, a rule retrains before the count rule, accuracy recovers",
+    )
     parser.add_argument("--watch-seconds", type=float, default=12, help="how long to watch traffic arrive")
     parser.add_argument("--interval", type=float, default=2, help="seconds between progress lines")
     parser.add_argument("--epoch-every", type=int, default=10, help="show every Nth training epoch")
@@ -398,19 +407,28 @@ def main(argv: list[str] | None = None) -> int:
     args.state_dir.mkdir(parents=True, exist_ok=True)
     function_log = args.state_dir / "functions.log"
     heading(1, "Start the local cloud (moto server, resources and routes from infra/serverless.yml)")
-    cloud = LocalCloud(
-        args.state_dir,
-        function_log=function_log,
-        say=lambda line: print(f"   {line}", flush=True),
-    )
+
+    def say(line: str) -> None:
+        # The drift scenario sends a stream batch every call: the poller's line for each is noise.
+        if not (args.drift and line.startswith("stream ") and line.endswith(", ok")):
+            print(f"   {line}", flush=True)
+
+    options = demo_drift.cloud_options() if args.drift else {}
+    cloud = LocalCloud(args.state_dir, function_log=function_log, say=say, **options)
     try:
         with cloud:
             print(f"   function logs: {function_log}", flush=True)
-            demo = Demo(cloud, args, log_offset=function_log.stat().st_size if function_log.exists() else 0)
-            for number, (title, step) in enumerate(STEPS, start=2):
+            if args.drift:
+                scenario = demo_drift.Scenario(cloud, say, step_timeout=args.step_timeout)
+                steps: list[tuple[str, Callable[[Any], None]]] = list(demo_drift.STEPS)
+                target: Any = scenario
+            else:
+                offset = function_log.stat().st_size if function_log.exists() else 0
+                steps, target = list(STEPS), Demo(cloud, args, log_offset=offset)
+            for number, (title, step) in enumerate(steps, start=2):
                 heading(number, title)
-                step(demo)
-            heading(len(STEPS) + 2, "Stop everything")
+                step(target)
+            heading(len(steps) + 2, "Stop everything")
     except DemoFailed as err:
         print(f"\ndemo failed: {err}", file=sys.stderr, flush=True)
         return 1

@@ -20,13 +20,23 @@ ISO 7730 validity limits (10-30 °C, vr < 1 m/s, clo < 2, vapour pressure < 2700
 the three labels come out roughly a third each. With label noise ``p`` (each label replaced,
 with probability ``p``, by one of the two other labels chosen uniformly) a perfect classifier
 agrees with the stored labels on a fraction ``1 - p`` of samples: ``best_accuracy(p)``.
+
+**A shifted world** (``SHIFTED``, the drift scenario's; ``lambdas/traffic.py`` switches to it at
+``TRAFFIC_SHIFT_AT``): winter on a shop floor. The inputs move (a cooler hall, 50-72 °F, and
+winter clothing, 1.25-1.7 clo, above the office's range) and so does the labelling: occupants
+stand at light work, ``MET = 1.6`` met (ISO 7730 Annex B, "standing, light activity (shopping,
+laboratory, light industry)"), so the same conditions feel warmer. The labels are still the
+same PMV model's, with that one assumption changed, inside the same validity limits; fewer than
+a third of them (28 %) agree with what the office's assumption says of the same inputs. Because
+the clothing ranges do not overlap, a model trained on both worlds need not compromise.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,6 +66,24 @@ INPUT_RANGES: dict[str, tuple[float, float]] = {
 # Stored precision of generated inputs; labels are computed from the rounded values.
 DECIMALS: dict[str, int] = {"temp": 1, "rh": 0, "wind": 2, "clo": 2}
 
+
+@dataclass(frozen=True)
+class World:
+    """Where samples come from: the generator's input ranges and the metabolic rate PMV assumes."""
+
+    name: str
+    ranges: Mapping[str, tuple[float, float]]
+    met: float
+
+
+OFFICE = World("office", INPUT_RANGES, MET)
+# Winter on a shop floor (module docstring): cooler, heavier clothing, standing light work.
+SHIFTED = World(
+    "shop-floor-winter",
+    {"temp": (50.0, 72.0), "rh": (20.0, 70.0), "wind": (0.05, 0.5), "clo": (1.25, 1.7)},
+    1.6,
+)
+
 ArrayLike = float | Sequence[float] | np.ndarray
 
 
@@ -64,9 +92,15 @@ def fahrenheit_to_celsius(temp_f: ArrayLike) -> np.ndarray:
 
 
 def pmv(
-    temp_f: ArrayLike, rh: ArrayLike, wind: ArrayLike, clo: ArrayLike, *, strict: bool = False
+    temp_f: ArrayLike,
+    rh: ArrayLike,
+    wind: ArrayLike,
+    clo: ArrayLike,
+    *,
+    strict: bool = False,
+    met: float = MET,
 ) -> np.ndarray:
-    """PMV for each input under the module's assumptions (vectorised).
+    """PMV for each input under the module's assumptions (vectorised), at metabolic rate ``met``.
 
     ``strict=True`` returns NaN where an input or the result is outside ISO 7730's validity
     limits; otherwise the formula is evaluated everywhere.
@@ -80,7 +114,7 @@ def pmv(
             tr=tdb,
             vr=np.asarray(wind, dtype=float),
             rh=np.asarray(rh, dtype=float),
-            met=MET,
+            met=met,
             clo=np.asarray(clo, dtype=float),
             limit_inputs=strict,
             round_output=False,
@@ -97,9 +131,11 @@ def labels_from_pmv(values: ArrayLike) -> list[str]:
     return [LABELS[i] for i in index]
 
 
-def labels(temp_f: ArrayLike, rh: ArrayLike, wind: ArrayLike, clo: ArrayLike) -> list[str]:
+def labels(
+    temp_f: ArrayLike, rh: ArrayLike, wind: ArrayLike, clo: ArrayLike, *, met: float = MET
+) -> list[str]:
     """Vectorised ``label``: one label per input row."""
-    return labels_from_pmv(pmv(temp_f, rh, wind, clo))
+    return labels_from_pmv(pmv(temp_f, rh, wind, clo, met=met))
 
 
 def label(temp_f: float, rh: float, wind: float, clo: float) -> str:
@@ -114,17 +150,19 @@ def best_accuracy(noise: float) -> float:
     return 1.0 - noise
 
 
-def _draw_valid(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``n`` rounded inputs inside the validity limits (rejection sampling, vectorised)."""
+def _draw_valid(n: int, rng: np.random.Generator, world: World) -> dict[str, np.ndarray]:
+    """``n`` rounded inputs of ``world`` inside the validity limits (rejection sampling, vectorised)."""
     kept: dict[str, list[np.ndarray]] = {name: [] for name in INPUT_RANGES}
     have = 0
     while have < n:
         batch = max(16, int((n - have) * 1.3))
         draw = {
             name: np.round(rng.uniform(lo, hi, batch), DECIMALS[name])
-            for name, (lo, hi) in INPUT_RANGES.items()
+            for name, (lo, hi) in ((name, world.ranges[name]) for name in INPUT_RANGES)
         }
-        valid = ~np.isnan(pmv(draw["temp"], draw["rh"], draw["wind"], draw["clo"], strict=True))
+        valid = ~np.isnan(
+            pmv(draw["temp"], draw["rh"], draw["wind"], draw["clo"], strict=True, met=world.met)
+        )
         for name in kept:
             kept[name].append(draw[name][valid])
         have += int(valid.sum())
@@ -132,12 +170,18 @@ def _draw_valid(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def generate(
-    n: int, rng: np.random.Generator | int, noise: float, *, now_ms: int | None = None
+    n: int,
+    rng: np.random.Generator | int,
+    noise: float,
+    *,
+    now_ms: int | None = None,
+    world: World = OFFICE,
 ) -> list[dict[str, Any]]:
     """``n`` samples in the upload payload format ``{temp, rh, wind, clo, label, created}``.
 
-    ``rng`` is a numpy Generator or a seed. Each label is the PMV label of the rounded inputs,
-    replaced with probability ``noise`` by one of the other two labels (uniformly).
+    ``rng`` is a numpy Generator or a seed. Inputs are drawn over ``world``'s ranges; each label
+    is the PMV label of the rounded inputs at ``world``'s metabolic rate, replaced with
+    probability ``noise`` by one of the other two labels (uniformly).
     ``created`` is ``now_ms`` (default: the current time) for every sample.
     """
     if n < 0:
@@ -147,10 +191,9 @@ def generate(
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     if n == 0:
         return []
-    inputs = _draw_valid(n, gen)
-    true_index = np.array(
-        [LABELS.index(x) for x in labels(inputs["temp"], inputs["rh"], inputs["wind"], inputs["clo"])]
-    )
+    inputs = _draw_valid(n, gen, world)
+    true_labels = labels(inputs["temp"], inputs["rh"], inputs["wind"], inputs["clo"], met=world.met)
+    true_index = np.array([LABELS.index(x) for x in true_labels])
     flip = gen.random(n) < noise
     # Shift by 1 or 2 (mod 3): a uniformly chosen label different from the true one.
     shifted = (true_index + gen.integers(1, len(LABELS), n)) % len(LABELS)
