@@ -13,7 +13,7 @@ the trigger announces the plan in a ``run_retry`` message (status ``retry_schedu
 ``retries_exhausted``).
 
 A ``run_outcome`` of a run the train trigger started also says why it started (``trigger``: its
-``rule``, ``count`` or ``quality``, with the rule's figures; the run item's ``trigger``).
+``rule``, ``count``, ``quality`` or ``drift``, with the rule's figures; the run item's ``trigger``).
 
 The topic comes from ``NOTIFY_TOPIC_ARN``. Without it nothing is sent (one log line says so):
 a laptop run needs no topic. A failed publish is logged and never fails the caller: the run

@@ -45,4 +45,6 @@ def test_drift_e2e_a_rule_retrains_before_the_count_rule_and_live_accuracy_recov
     )
     assert before > 0.8 and after < before - 0.2 and recovered > after + 0.2
     assert second["status"] == registry.PUBLISHED and latest == s.second
-    assert [v for v in runs if v not in (s.first, s.second)] == []  # no count run in between
+    # No run in between (versions sort by time). One after the second may start: while the table is
+    # still mostly pre-shift data, the drift rule can ask again (a known limit, lambdas/README.md).
+    assert [v for v in runs if v not in (s.first, s.second) and v < s.second] == []
