@@ -81,6 +81,9 @@ def test_notification_for_each_run_outcome_and_each_manual_change(
     write_samples(dynamodb, stack.physical["DataTable"], comfort.generate(200, 3, 0.0))
     published = trainer_run.run(settings_for(stack, **SMALL), ddb=dynamodb, s3=s3)
     assert route("POST", "/models/pin", {"reason": "hold"}) == 200
+    # Versions name the second they start in: the rejected run must sort after the published
+    # one for promoting it to be a promote, not a rollback.
+    time.sleep(1.01 - time.time() % 1.0)
     rejected = trainer_run.run(settings_for(stack, **SMALL, GATE_TOLERANCE="1"), ddb=dynamodb, s3=s3)
     assert route("POST", "/models/unpin") == 200
     with FakeImds(instance_id="i-0spot", notice_after=3) as imds:
