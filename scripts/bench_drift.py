@@ -68,17 +68,11 @@ def stationary(
     from localcloud import fasttransact, infra
 
     fasttransact.install()
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION=REGION,
-        AWS_ACCOUNT_ID_ENDPOINT_MODE="disabled",
-        MODEL_SOURCE="s3",
+    bench_score.moto_environment(
         LIVE_BUCKET_S="1",
         LIVE_WINDOW_S=str(window_s),
         LOG_LEVEL="WARNING",  # a line per batch otherwise; a false trigger's retrain_requested still shows
     )
-    os.environ.pop("AWS_ENDPOINT_URL", None)
     version = str(run["version"])
     looks: list[quality.Judged] = []
     with mock_aws():

@@ -131,6 +131,20 @@ def samples(n: int, seed: int = 7) -> list[dict[str, Any]]:
 # the measurement -------------------------------------------------------------------------------
 
 
+def moto_environment(**settings: str) -> None:
+    """The process environment of a score function measured under moto in this process: fake
+    credentials, models read from S3, no endpoint, and ``settings`` on top."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=REGION,
+        AWS_ACCOUNT_ID_ENDPOINT_MODE="disabled",
+        MODEL_SOURCE="s3",
+        **settings,
+    )
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
 def measure(records: int, *, moto_transactions: bool) -> dict[str, float]:
     import boto3
     from moto import mock_aws
@@ -143,15 +157,7 @@ def measure(records: int, *, moto_transactions: bool) -> dict[str, float]:
         fasttransact.uninstall()
     else:
         fasttransact.install()
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION=REGION,
-        AWS_ACCOUNT_ID_ENDPOINT_MODE="disabled",
-        MODEL_SOURCE="s3",
-        LIVE_BUCKET_S="300",
-    )
-    os.environ.pop("AWS_ENDPOINT_URL", None)
+    moto_environment(LIVE_BUCKET_S="300")
     with mock_aws():
         aws.reset()
         score.reset()
