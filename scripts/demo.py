@@ -100,14 +100,7 @@ class Demo:
         return registry.Registry(self.cloud.stack.table_name("ModelTable"), self.cloud.client("dynamodb"))
 
     def wait(self, what: str, check: Callable[[], Any], seconds: float | None = None) -> Any:
-        deadline = time.monotonic() + (seconds or self.args.step_timeout)
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"gave up waiting for {what}")
-            time.sleep(0.5)
+        return demo_drift.wait_until(what, check, seconds or self.args.step_timeout, poll=0.5)
 
     def elapsed(self) -> str:
         return f"{time.monotonic() - self.started:5.1f}s"

@@ -44,6 +44,18 @@ class DemoFailed(Exception):
     pass
 
 
+def wait_until(what: str, check: Callable[[], Any], seconds: float, *, poll: float) -> Any:
+    """``check()``'s first truthy value, asked every ``poll`` seconds; DemoFailed after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"gave up waiting for {what}")
+        time.sleep(poll)
+
+
 def cloud_options(min_new_samples: int = MIN_NEW_SAMPLES) -> dict[str, Any]:
     """The local cloud's settings for the scenario: the scheduled traffic off (the scenario
     sends it) and the count rule at ``min_new_samples``."""
@@ -102,14 +114,7 @@ class Scenario:
         return {run["version"]: run for run in listed}
 
     def wait(self, what: str, check: Callable[[], Any], seconds: float | None = None) -> Any:
-        deadline = time.monotonic() + (seconds or self.step_timeout)
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"gave up waiting for {what}")
-            time.sleep(0.3)
+        return wait_until(what, check, seconds or self.step_timeout, poll=0.3)
 
     def finished(self, version: str) -> dict[str, Any] | None:
         run = self.runs().get(version)
