@@ -149,10 +149,13 @@ def test_retrain_e2e_hung_trainer_is_terminated_by_its_alarm_and_the_run_recover
     after = runs(cloud)[hung["version"]]
     assert after["reason"] == "the instance was terminated before the trainer recorded an outcome"
     assert lock_state(cloud).holder is None and alarms(cloud) == []
-    assert [(fn, state) for fn, iid, state in runner.events_sent if iid == instance_id] == [
-        ("train", "shutting-down"),
-        ("train", "terminated"),
-    ]
+    # The run ends on the first event; the second follows it asynchronously.
+    sent = [("train", "shutting-down"), ("train", "terminated")]
+    assert wait_for(
+        "both state-change events to reach the train function",
+        lambda: [(fn, state) for fn, iid, state in runner.events_sent if iid == instance_id] == sent,
+        30,
+    )
     assert set(runs(cloud)) == {hung["version"]}  # nothing was pending: no run starts
 
     # New data starts the next (real) trainer right away, which publishes.
