@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  live accuracy before the shift:         {figures['live_before_shift']:.3f}")
     print(f"  live accuracy after it (old model):     {figures['live_after_shift']:.3f}")
     print(f"  live accuracy after the retrain:        {figures['live_after_retrain']:.3f}")
+    print(f"  rule-started runs the gate rejected first: {len(figures['rejected_runs'])}")
     print(f"  holdout accuracy of the first model:    {figures['holdout_first']}")
     print(
         f"  retrain started by the {figures['rule']} rule after {figures['detection_delay']} shifted samples "
