@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from lambdas.core import live, registry, settings
@@ -154,10 +153,6 @@ def recent_buckets(reg: registry.Registry, version: str, limit: int) -> tuple[li
     return out, len(items) > limit or bool(page.get("LastEvaluatedKey"))
 
 
-def _ms(iso_time: str) -> int:
-    return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp() * 1000)
-
-
 def changes_since(reg: registry.Registry, since_ms: int | None) -> list[dict[str, Any]]:
     """Changes of latest newest first, down to the one in force at ``since_ms`` (included; None:
     the one in force now), at most ``MAX_CHANGES``."""
@@ -167,7 +162,7 @@ def changes_since(reg: registry.Registry, since_ms: int | None) -> list[dict[str
         page, cursor = reg.list_history(HISTORY_PAGE, cursor, newest_first=True)
         for entry in page:
             out.append({k: entry.get(k) for k in ("seq", "at", "action", "version", "previous", "pinned")})
-            if since_ms is None or _ms(str(entry["at"])) <= since_ms or len(out) == MAX_CHANGES:
+            if since_ms is None or registry.epoch_ms(str(entry["at"])) <= since_ms or len(out) == MAX_CHANGES:
                 return out
         if cursor is None:
             return out

@@ -25,12 +25,11 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from lambdas.core import comfort, ingest, log, settings
+from lambdas.core import comfort, ingest, log, registry, settings
 from lambdas.core.errors import BadRequest, ConfigError, Unavailable
 
 MAX_PER_CALL = 20
@@ -91,7 +90,7 @@ def _moment(name: str, text: str) -> int:
     if not text.endswith(("Z", "+00:00")):
         raise ConfigError(f"environment variable {name} must be a UTC time such as 2026-12-01T09:00:00Z")
     try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+        return registry.epoch_ms(text)
     except ValueError as err:
         raise ConfigError(f"environment variable {name} must be an ISO-8601 UTC time, got {text!r}") from err
 

@@ -90,6 +90,12 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def epoch_ms(text: str) -> int:
+    """An ISO-8601 time as ``now_iso`` writes it (or with ``+00:00``) in epoch milliseconds;
+    ValueError when it is not one."""
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
 def to_item(data: Mapping[str, Any]) -> dict[str, Any]:
     """Plain Python (floats included) to a DynamoDB item."""
     return {k: _serializer.serialize(_to_dynamo(v)) for k, v in data.items() if v is not None}

@@ -19,7 +19,6 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -100,10 +99,6 @@ def observation(record: dict[str, Any]) -> Observation | None:
 # which version was latest -------------------------------------------------------------------
 
 
-def _epoch_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
 class LatestHistory:
     """Which version was latest at a given time, from the promotion history.
 
@@ -149,7 +144,7 @@ class LatestHistory:
             previous = new[0].get("previous")
             self._before = str(previous) if previous else None
         for entry in new:
-            self._changes.append((_epoch_ms(str(entry["at"])), str(entry["version"])))
+            self._changes.append((registry.epoch_ms(str(entry["at"])), str(entry["version"])))
         if new:
             self._newest_sk = str(new[-1]["sk"])
         self._pointer = None if self._changes else self._registry.latest_version()
