@@ -200,6 +200,7 @@ class Decision:
     previous: lock.LockState | None = None  # the lock just before it was acquired
     retries: tuple[tuple[str, lock.Retry], ...] = ()  # plans for the runs that failed (stale too)
     rule: str | None = None  # which rule starts ``launch``: lock.COUNT or a request's (quality, drift)
+    dropped: dict[str, Any] | None = None  # a rule's request dropped as outdated (``reason`` says why)
 
 
 def decide(
@@ -210,8 +211,12 @@ def decide(
     samples: list[tuple[str, int]],
     finished: list[lock.RunEnd],
     dead: str | None = None,
+    latest: str | None,
 ) -> tuple[lock.LockState, Decision]:
-    """The pure step applied to the lock: note samples and finished runs, maybe launch."""
+    """The pure step applied to the lock: note samples and finished runs, maybe launch.
+
+    ``latest``: the version latest now, read after the lock whenever a rule's request waits; a
+    request about another version is dropped instead of starting a run (``lock.outdated``)."""
     state = lock.add_samples(state, samples, cap=cfg.min_new_samples)
     ends = list(finished)
     stale = None
@@ -229,6 +234,12 @@ def decide(
     reason = lock.why_not_launch(state, now, min_new=cfg.min_new_samples, min_interval_s=cfg.min_interval_s)
     if reason:
         return state, Decision(stale=stale, reason=reason, retries=tuple(retries))
+    outdated = lock.outdated(state, cfg.min_new_samples, latest)
+    if outdated:
+        dropped = state.wanted
+        return lock.drop_request(state), Decision(
+            stale=stale, reason=outdated, retries=tuple(retries), dropped=dropped
+        )
     version = registry.new_version(now)
     acquired = lock.acquire(state, version, now, cfg.lock_ttl_s)
     started_by = lock.rule(state, cfg.min_new_samples)
@@ -272,9 +283,19 @@ def advance(
     retrain if it may start now. Idempotent: a repeated step finds nothing left to end."""
     for end in finished:
         launch.delete_alarm(cfg.launch, end.version, cloudwatch=clients.cloudwatch)
-    _, after, decision = store.transact(
-        lambda s: decide(s, cfg, now, samples=samples, finished=finished, dead=dead)
-    )
+    runs = registry.Registry(cfg.model_table, clients.ddb)
+
+    def step(state: lock.LockState) -> tuple[lock.LockState, Decision]:
+        # Read after the lock: the pointer seen is at least as new as the one the request was
+        # judged against, so a request is never taken for outdated too early. A promotion
+        # between this read and the lock's write still lets that one request start a run: a
+        # run like any other, whose candidate the gate compares with the new latest.
+        latest = runs.latest_version() if state.wanted is not None else None
+        return decide(state, cfg, now, samples=samples, finished=finished, dead=dead, latest=latest)
+
+    _, after, decision = store.transact(step)
+    if decision.dropped is not None:
+        log.log("retrain_request_dropped", reason=decision.reason, **decision.dropped)
     log.log(
         event,
         **context,

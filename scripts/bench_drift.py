@@ -10,8 +10,10 @@
    ``--batch`` (20, one traffic call) as their stream records: the score function's own code,
    rules included (``quality.Monitor``), judged after every batch. The window is scaled down
    like the local cloud's (``LIVE_BUCKET_S`` 1, ``LIVE_WINDOW_S`` ``--window-s``) so each look
-   sees a rolling window of a few hundred samples. Every look where a rule held is a false
-   trigger.
+   sees a rolling window of a few hundred samples. Time is simulated, not the wall clock's:
+   ``--rate`` samples a second (100), each batch ingested and judged at its own moment from
+   the second after the promotion, so the windows (and the figures) do not depend on how fast
+   this machine scores. Every look where a rule held is a false trigger.
 3. **Cost per scored sample**: ``scripts/bench_score.py``'s measurement (one batch of 1,000).
 """
 
@@ -21,7 +23,7 @@ import argparse
 import os
 import statistics
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -56,10 +58,24 @@ def scenario(state_dir: Path, verbose: bool) -> tuple[dict[str, Any], dict[str, 
     return s.figures, files, run
 
 
+@dataclass
+class SimulatedTime:
+    """The stationary run's clock, for the upload path (epoch ms) and the rules (epoch s)."""
+
+    ms: int
+
+    def millis(self) -> int:
+        return self.ms
+
+    def seconds(self) -> float:
+        return self.ms / 1000
+
+
 def stationary(
-    files: dict[str, bytes], run: dict[str, Any], n: int, batch: int, window_s: int
+    files: dict[str, bytes], run: dict[str, Any], n: int, batch: int, window_s: int, rate: float = 100.0
 ) -> dict[str, Any]:
-    """The score function on ``n`` stationary samples under moto: looks, windows, triggers."""
+    """The score function on ``n`` stationary samples under moto, ``rate`` a second of simulated
+    time: looks, windows, triggers."""
     import boto3
     from moto import mock_aws
 
@@ -93,10 +109,14 @@ def stationary(
             input_profile=run.get("input_profile"),
             finished_at=registry.now_iso(),
         )
-        reg.set_latest(version, expected=None, reason="benchmark", actor="bench")
-        time.sleep(0.01)
+        promoted = reg.set_latest(version, expected=None, reason="benchmark", actor="bench")
+        # From the first whole second after the promotion: every sample is the model's to score,
+        # and the 1 s buckets fall the same way on every run.
+        start_ms = (registry.epoch_ms(str(promoted["at"])) // 1000 + 1) * 1000
+        now = SimulatedTime(start_ms)
 
         monitor = score.monitor()
+        monitor.clock = now.seconds
         check = monitor.check
 
         def recorded(counted: Any) -> quality.Judged:
@@ -117,7 +137,8 @@ def stationary(
 
         failures = 0
         for start in range(0, n, batch):
-            ingest.ingest(samples[start : start + batch], config, source="traffic")
+            now.ms = start_ms + round(start * 1000 / rate)
+            ingest.ingest(samples[start : start + batch], config, source="traffic", clock=now.millis)
             reply = streams.get_records(ShardIterator=iterator, Limit=1000)
             iterator = reply["NextShardIterator"]
             records = [lambda_record(r, arn, REGION) for r in reply["Records"]]
@@ -147,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stationary", type=int, default=10_000, help="stationary samples (default 10,000)")
     parser.add_argument("--batch", type=int, default=demo_drift.PER_CALL, help="samples per stream batch")
     parser.add_argument("--window-s", type=int, default=2, help="the stationary run's LIVE_WINDOW_S")
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="the stationary run's samples a second (simulated time)"
+    )
     parser.add_argument("--verbose", action="store_true", help="print the local cloud's lines too")
     args = parser.parse_args(argv)
 
@@ -172,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n2. false triggers: {args.stationary:,} stationary office samples through lambdas.score.handler "
-        f"under moto, batches of {args.batch}, window {args.window_s} s of 1 s buckets",
+        f"under moto, batches of {args.batch}, {args.rate:g} a second (simulated), window {args.window_s} s "
+        "of 1 s buckets",
         flush=True,
     )
-    f = stationary(files, run, args.stationary, args.batch, args.window_s)
+    f = stationary(files, run, args.stationary, args.batch, args.window_s, args.rate)
     print(
         f"  {f['looks']} looks ({f['quality_looks']} judged by quality, {f['drift_looks']} by drift; "
         f"windows of {f['window_min']}-{f['window_median']:.0f} samples, min-median); "

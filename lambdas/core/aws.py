@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 _CONFIG = Config(retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 
@@ -76,6 +77,15 @@ def client_retrying(service: str, max_attempts: int) -> Any:
 @functools.cache
 def resource(service: str) -> Any:
     return boto3.resource(service, config=config_for(service))  # type: ignore[call-overload]
+
+
+def cancellation_reasons(err: ClientError) -> list[str] | None:
+    """The reason codes of a cancelled TransactWriteItems, one per action in the order of the
+    actions ("None" where that action did not fail: TransactWriteItems API reference,
+    TransactionCanceledException); None for any other error."""
+    if err.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return None
+    return [str(reason.get("Code")) for reason in err.response.get("CancellationReasons") or []]
 
 
 def dynamodb() -> Any:

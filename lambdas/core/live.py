@@ -248,11 +248,10 @@ class LiveStore:
                 self.ddb.transact_write_items(TransactItems=self.actions(pending))
             except ClientError as err:
                 code = err.response.get("Error", {}).get("Code", "")
-                reasons = [str(r.get("Code")) for r in err.response.get("CancellationReasons") or []]
-                if code == "TransactionCanceledException" and len(reasons) >= len(pending):
-                    # One reason per action, in the order of the actions ("None" where nothing
-                    # failed: TransactWriteItems API reference, TransactionCanceledException);
-                    # the samples' marks come first.
+                reasons = aws.cancellation_reasons(err)
+                if reasons is not None and len(reasons) >= len(pending):
+                    # One reason per action, in the order of the actions; the samples' marks
+                    # come first.
                     taken = {
                         i for i, why in enumerate(reasons[: len(pending)]) if why == "ConditionalCheckFailed"
                     }
@@ -270,7 +269,7 @@ class LiveStore:
                     result.failed.extend(pending)
                     return
                 log.warning(
-                    "live_transaction_retry", attempt=attempt, code=code, reasons=sorted(set(reasons))
+                    "live_transaction_retry", attempt=attempt, code=code, reasons=sorted(set(reasons or ()))
                 )
                 self.backoff(attempt)
                 attempt += 1

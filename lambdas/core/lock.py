@@ -30,7 +30,9 @@ atomically:
   same lock, minimum interval and retry backoff; the launch consumes it. It counts only while
   its evidence starts at or after the last launch (``from_ms >= last_launch_at``): evidence
   older than a run was that run's to answer, so a duplicated or late request never starts a
-  second run.
+  second run. It judged one serving version (its ``version``): when it would start a run and
+  that version is no longer latest (a person promoted or rolled back, another run published), it
+  is dropped instead (``outdated``); the new latest is judged afresh on its own window.
 - ``rev``: incremented by every write; a write succeeds only if ``rev`` is still the one read
   (optimistic concurrency), so concurrent batches serialise on this item.
 
@@ -225,6 +227,21 @@ def rule(state: LockState, min_new: int) -> str:
     return str(wanted.get("rule"))
 
 
+def outdated(state: LockState, min_new: int, latest: str | None) -> str | None:
+    """Why the rule request that would start the run ``state`` may launch is not worth one (the
+    version it judged is no longer ``latest``), else None. A run the count starts is never
+    outdated: its samples are new data whichever version serves."""
+    wanted = state.wanted
+    if wanted is None or rule(state, min_new) == COUNT or wanted.get("version") == latest:
+        return None
+    return f"the {wanted.get('rule')} request judged {wanted.get('version')}, latest is now {latest}"
+
+
+def drop_request(state: LockState) -> LockState:
+    """Forget the rule request (an outdated one: see ``outdated``)."""
+    return dataclasses.replace(state, request=None)
+
+
 def acquire(state: LockState, version: str, now: float, ttl_s: float) -> LockState:
     """Hand the lock to ``version``. Its samples stay pending until it ends (see ``end_run``);
     a rule's request is answered by this run (consumed)."""
@@ -381,12 +398,8 @@ class LockStore:
         try:
             self.ddb.transact_write_items(TransactItems=[{"Update": update}])
         except ClientError as err:
-            # A failed condition cancels the transaction with one reason per action
-            # (TransactWriteItems API reference, TransactionCanceledException).
-            reasons = [str(r.get("Code")) for r in err.response.get("CancellationReasons") or []]
-            if err.response["Error"]["Code"] == "TransactionCanceledException" and reasons == [
-                "ConditionalCheckFailed"
-            ]:
+            # A failed condition cancels the transaction with the one action's reason.
+            if aws.cancellation_reasons(err) == ["ConditionalCheckFailed"]:
                 return False
             raise
         return True

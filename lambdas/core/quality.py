@@ -174,23 +174,46 @@ def holdout_of(run: dict[str, Any]) -> tuple[float, int | None] | None:
     return float(accuracy), int(count) if count else None
 
 
+Facts = tuple[tuple[float, int | None] | None, drift.Profile | None]
+
+
 class RunFacts:
-    """What the rules need of a version's run item, read once per container and version (a
-    run's metrics and profile never change once it serves): its holdout accuracy and count, its
-    training inputs' profile (``drift.Profile``)."""
+    """What the rules need of a version's run item: its holdout accuracy and count, its training
+    inputs' profile (``drift.Profile``). Read once per container and version when the run is
+    final: its metrics and profile are written with its final status in one update
+    (trainer/run.py, ``_record_final``) and never change after. A read before that (the run
+    still ``training``, or no item) is kept only ``retry_s``: the trainer moves latest before it
+    records the final fields, so a sample scored in between finds the serving version's item
+    without them, and keeping that miss would leave the version unjudged for the container's
+    life."""
 
-    def __init__(self, runs: registry.Registry) -> None:
+    def __init__(
+        self, runs: registry.Registry, *, retry_s: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self._runs = runs
-        self._facts: dict[str, tuple[tuple[float, int | None] | None, drift.Profile | None]] = {}
+        self._retry_s = retry_s
+        self._clock = clock
+        self._facts: dict[str, Facts] = {}
+        self._misses: dict[str, tuple[float, Facts]] = {}  # version: (read at, what it read)
 
-    def _read(self, version: str) -> tuple[tuple[float, int | None] | None, drift.Profile | None]:
-        if version not in self._facts:
-            try:
-                run = self._runs.get_run(version)
-            except NotFound:
-                run = {}
-            self._facts[version] = (holdout_of(run), drift.Profile.from_dict(run.get("input_profile") or {}))
-        return self._facts[version]
+    def _read(self, version: str) -> Facts:
+        if version in self._facts:
+            return self._facts[version]
+        now = self._clock()
+        missed = self._misses.get(version)
+        if missed is not None and now - missed[0] < self._retry_s:
+            return missed[1]
+        try:
+            run = self._runs.get_run(version)
+        except NotFound:
+            run = {}
+        facts = (holdout_of(run), drift.Profile.from_dict(run.get("input_profile") or {}))
+        if run.get("status") in registry.FINAL_STATUSES:
+            self._facts[version] = facts
+            self._misses.pop(version, None)
+        else:
+            self._misses[version] = (now, facts)
+        return facts
 
     def holdout(self, version: str) -> tuple[float, int | None] | None:
         return self._read(version)[0]

@@ -4,6 +4,7 @@ lock and the minimum interval and records why."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from lambdas import score, train
-from lambdas.core import aws, comfort, drift, ingest, live, lock, registry
+from lambdas.core import aws, comfort, drift, ingest, live, lock, log, registry
 from lambdas.core.schema import FEATURE_NAMES
 from scripts.bench_score import publish_constant, stream_records
 from tests.support.trigger import train_settings
@@ -146,3 +147,41 @@ def test_drift_starts_a_run_and_the_run_says_which_feature_moved(cloud: Any) -> 
     trigger = cloud.registry.get_run(str(decision.launch))["trigger"]
     assert trigger["rule"] == "drift" and trigger["drift"]["feature"] == request["feature"]
     assert len(instances()) == 1
+
+
+V2 = "v20261120T090000Z-0002"
+
+
+def test_rule_request_about_a_version_no_longer_latest_is_dropped_not_launched(
+    cloud: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person promoted another version after the request: the request judged a model that no
+    longer answers, so it starts nothing; the new latest is judged on its own window."""
+    assert deliver(upload(cloud, "warm", 40)) == []
+    request = cloud.locks.read().request
+    assert request is not None and request["version"] == V1
+    publish_constant(aws.s3(), cloud.registry, cloud.physical["ModelBucket"], V2, "warm", promote=False)
+    cloud.registry.promote(V2, reason="better", actor="test")
+    lines: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(log, "log", lambda event, *_, **fields: lines.append((event, fields)))
+
+    decision = train.tick(cloud.cfg, train.Clients.default())
+    assert decision is not None and decision.launch is None and decision.dropped == request
+    assert decision.reason == f"the quality request judged {V1}, latest is now {V2}"
+    [(_, dropped)] = [line for line in lines if line[0] == "retrain_request_dropped"]
+    assert dropped["reason"] == decision.reason and dropped["version"] == V1
+    assert cloud.locks.read().request is None and instances() == []
+    assert train.tick(cloud.cfg, train.Clients.default()) is None  # nothing left to do
+
+
+def test_count_rule_launch_is_not_stopped_by_an_outdated_request(cloud: Any) -> None:
+    assert deliver(upload(cloud, "warm", 40)) == []
+    publish_constant(aws.s3(), cloud.registry, cloud.physical["ModelBucket"], V2, "warm", promote=False)
+    cloud.registry.promote(V2, reason="better", actor="test")
+    state = cloud.locks.read()
+    samples = tuple((f"s{i:03}", 1) for i in range(200))
+    cloud.locks.write(state, dataclasses.replace(state, pending_samples=samples))
+
+    decision = train.tick(cloud.cfg, train.Clients.default())
+    assert decision is not None and decision.launch and decision.rule == "count"
+    assert decision.dropped is None and len(instances()) == 1

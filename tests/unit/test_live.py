@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from lambdas.core import live, registry, scoring
+from lambdas.core import aws, live, registry, scoring
 from lambdas.core.modelstore import VersionCache
 from scripts.bench_score import publish_constant
 
@@ -197,6 +197,26 @@ def test_live_store_retries_a_conflict_a_bounded_number_of_times_then_reports_th
     assert (client.calls, waits, len(recorded.failed), recorded.counted) == (3, [1, 2], 5, [])
 
 
+@pytest.mark.parametrize(
+    ("response", "reasons"),
+    [
+        (
+            {
+                "Error": {"Code": "TransactionCanceledException"},
+                "CancellationReasons": [{"Code": "ConditionalCheckFailed"}, {"Code": "None"}],
+            },
+            ["ConditionalCheckFailed", "None"],
+        ),
+        ({"Error": {"Code": "TransactionCanceledException"}}, []),
+        ({"Error": {"Code": "ConditionalCheckFailedException"}}, None),
+    ],
+)
+def test_cancellation_reasons_are_read_per_action_only_from_a_cancelled_transaction(
+    response: dict[str, Any], reasons: list[str] | None
+) -> None:
+    assert aws.cancellation_reasons(ClientError(response, "TransactWriteItems")) == reasons  # type: ignore[arg-type]
+
+
 # which version scores a sample --------------------------------------------------------------
 
 
@@ -207,7 +227,7 @@ def published(stack: Any, dynamodb: Any) -> registry.Registry:
 
 def change_times(reg: registry.Registry) -> dict[str, int]:
     items, _ = reg.list_history()
-    return {str(h["version"]): scoring._epoch_ms(str(h["at"])) for h in items}
+    return {str(h["version"]): registry.epoch_ms(str(h["at"])) for h in items}
 
 
 def test_the_version_that_was_latest_at_ingestion_scores_a_sample(stack, published) -> None:

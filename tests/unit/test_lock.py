@@ -120,3 +120,15 @@ def test_lock_undo_gives_the_request_back() -> None:
     before = lock.LockState(request=REQUEST)
     undone, _ = lock.undo_acquire(lock.acquire(before, "v1", NOW, 60), "v1", before, NOW, POLICY)
     assert undone.request == REQUEST and undone.wanted == REQUEST
+
+
+def test_lock_request_about_a_version_no_longer_latest_is_outdated() -> None:
+    state = lock.LockState(request={**REQUEST, "version": "v1"})
+    assert lock.outdated(state, 50, "v1") is None
+    assert lock.outdated(state, 50, "v2") == "the quality request judged v1, latest is now v2"
+    assert lock.drop_request(state).wanted is None
+
+
+def test_lock_count_started_run_is_never_outdated() -> None:
+    state = lock.LockState(pending_samples=pending("a", "b"), request={**REQUEST, "version": "v1"})
+    assert lock.outdated(state, 2, "v2") is None

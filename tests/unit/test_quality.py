@@ -143,7 +143,7 @@ class FakeHistory:
 
 class FakeRuns:
     def __init__(self, accuracy: float, count: int) -> None:
-        self.run = {"metrics": {"holdout": {"accuracy": accuracy, "count": count}}}
+        self.run = {"status": "published", "metrics": {"holdout": {"accuracy": accuracy, "count": count}}}
         self.reads = 0
 
     def get_run(self, version: str) -> dict[str, Any]:
@@ -243,6 +243,23 @@ def test_quality_monitor_judges_only_the_serving_version_and_reads_its_holdout_o
     assert m.check(["v-older"]) == quality.Judged() and store.queries == 0
     simulate(m, store, clock, [0.9] * 500, per_hour=1000, batch=25, seed=3)
     assert m.runs.reads == 1  # type: ignore[attr-defined]
+
+
+def test_run_facts_read_before_the_run_is_final_are_read_again_after_a_while() -> None:
+    """Latest moves before the trainer records the run's metrics: a sample scored in between
+    must not leave the version without a holdout for the container's life."""
+    runs, clock = FakeRuns(0.9, 2000), Clock()
+    recorded = runs.run
+    runs.run = {"status": "training"}
+    facts = quality.RunFacts(runs, retry_s=30, clock=clock)  # type: ignore[arg-type]
+    assert facts.holdout(V1) is None
+    runs.run = recorded  # the trainer records its final fields
+    clock.ms += 29_000
+    assert facts.holdout(V1) is None and runs.reads == 1  # a miss is kept a little while
+    clock.ms += 1_000
+    assert facts.holdout(V1) == (0.9, 2000) and runs.reads == 2
+    clock.ms += 3_600_000
+    assert facts.holdout(V1) == (0.9, 2000) and facts.profile(V1) is None and runs.reads == 2
 
 
 def test_quality_rule_off() -> None:
