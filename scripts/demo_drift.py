@@ -312,25 +312,35 @@ def recovery(s: Scenario) -> None:
 
 
 def page(s: Scenario) -> None:
+    """What the page charts: the serving model's buckets, whichever version served them, with the
+    runs the rules started on the same time axis."""
     assert s.first is not None and s.second is not None
-    buckets, _ = _buckets(s, s.first)
+    timeline = _serving(s)
+    buckets = [b for b in reversed(timeline["buckets"]) if b.get("seen")]
     width = buckets[0]["bucket_s"] if buckets else "?"
-    s.say(f"GET /models?live={s.first}: its live accuracy per {width} s bucket, oldest first:")
-    strip = "  ".join(f"{b['accuracy']:.2f}" for b in reversed(buckets) if b.get("seen"))
-    s.say(f"  {strip}")
+    s.say(f"GET /models?live=serving: the serving model's live accuracy per {width} s bucket, oldest first,")
+    s.say("each bucket under the version that scored most of it:")
+    for version in dict.fromkeys(b["version"] for b in buckets):
+        strip = "  ".join(f"{b['accuracy']:.2f}" for b in buckets if b["version"] == version)
+        s.say(f"  {version}: {strip}")
+    for run in reversed(timeline["runs"]):
+        if run["rule"] in RULES:
+            s.say(f"  marked: run {run['version']} started by the {run['rule']} rule, {run['status']}")
+    drop = [b["accuracy"] for b in buckets if b["version"] == s.first][-1]
+    now = [b["accuracy"] for b in buckets if b["version"] == s.second][-1]
+    if {s.first, s.second} - {b["version"] for b in buckets} or not now > drop:
+        raise DemoFailed(f"the serving timeline does not show the drop and the recovery: {buckets}")
     s.say(
-        f"the page ({s.cloud.api_url}/) charts the serving version's live accuracy: now {s.second}, "
-        "from its promotion, with the retrain marked; the drop belongs to the version before "
-        f"(GET /models?live={s.first}, and notebooks/metrics.ipynb plots every version that served)"
+        f"the page ({s.cloud.api_url}/) charts this line: the drop under {s.first}, the retrain "
+        f"marked, the recovery under {s.second}, each span with its own holdout line"
     )
 
 
-def _buckets(s: Scenario, version: str) -> tuple[list[dict[str, Any]], bool]:
-    reply = requests.get(f"{s.cloud.api_url}/models", params={"live": version, "buckets": "60"}, timeout=30)
+def _serving(s: Scenario) -> dict[str, Any]:
+    reply = requests.get(f"{s.cloud.api_url}/models", params={"live": "serving", "buckets": "60"}, timeout=30)
     if reply.status_code != 200:
         raise DemoFailed(f"GET /models answered {reply.status_code}: {reply.text[:200]}")
-    timeline = reply.json()["timeline"]
-    return list(timeline["buckets"]), bool(timeline["more"])
+    return dict(reply.json()["timeline"])
 
 
 Step = tuple[str, Callable[[Scenario], None]]

@@ -50,8 +50,9 @@ export async function request(path, { method = "GET", body } = {}) {
   return response.json();
 }
 
-// With the serving version's live accuracy over time ("timeline": time buckets, changes of latest).
-export const listModels = (limit = 50) => request(`/models?limit=${limit}&live=latest`);
+// With the serving model's live accuracy over time, whichever version served ("timeline": time
+// buckets, changes of latest, runs).
+export const listModels = (limit = 50) => request(`/models?limit=${limit}&live=serving`);
 
 export const upload = (samples) => request("/upload", { method: "POST", body: samples });
 

@@ -263,8 +263,11 @@ async function renderMetrics() {
 }
 
 function renderLive() {
-  const run = state.timeline && state.runs.find((r) => r.version === state.timeline.version);
-  renderLiveChart($("live-chart"), state.timeline, run ? holdoutAccuracy(run) : null);
+  const holdout = (version) => {
+    const run = state.runs.find((r) => r.version === version);
+    return run ? holdoutAccuracy(run) : null;
+  };
+  renderLiveChart($("live-chart"), state.timeline, holdout);
 }
 
 function renderHistory() {

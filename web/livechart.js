@@ -1,7 +1,8 @@
-// Live accuracy over time for the serving version (GET /models?live=latest, its "timeline"):
-// one point per time bucket with its 95 % Wilson interval as a band, the version's holdout
-// accuracy as a dashed reference, and the changes of latest (retrains, promotions, rollbacks)
-// as vertical markers on the same time axis. Inline SVG, like chart.js.
+// Live accuracy over time of the serving model, whichever version served (GET /models?live=serving,
+// its "timeline"): one point per time bucket with its 95 % Wilson interval as a band, the holdout
+// accuracy of the version that served each span as a dashed reference, the changes of latest
+// (retrains, promotions, rollbacks) and the runs that did not publish (a rule's retrain the gate
+// rejected) as vertical markers on the same time axis. Inline SVG, like chart.js.
 import { el } from "./chart.js";
 
 const MIN_WIDTH = 320;
@@ -11,6 +12,8 @@ const HEIGHT = 252;
 const M = { top: 50, right: 20, bottom: 34, left: 48 };
 // The changes that move latest to another version; pin and unpin do not.
 const MARKED = { auto: "retrain", promote: "promote", rollback: "rollback" };
+// Runs that ended without changing latest; a published run is marked by its change.
+const UNPUBLISHED = new Set(["rejected", "failed", "interrupted"]);
 
 const pct = (x) => `${(x * 100).toFixed(1)} %`;
 
@@ -38,9 +41,21 @@ function segments(points) {
   return out;
 }
 
-// timeline: {version, buckets (newest first), more, changes (newest first)}; holdout: the
+// Consecutive points scored mostly by one version: [{version, points}], oldest first.
+function spans(points, fallback) {
+  const out = [];
+  for (const p of points) {
+    const version = p.version ?? fallback;
+    if (out.at(-1)?.version === version) out.at(-1).points.push(p);
+    else out.push({ version, points: [p] });
+  }
+  return out;
+}
+
+// timeline: {version (serving now), buckets (newest first, each with the version that scored
+// most of it), more, changes (newest first), runs (newest first)}; holdoutOf(version): that
 // version's holdout accuracy or null.
-export function renderLiveChart(container, timeline, holdout = null) {
+export function renderLiveChart(container, timeline, holdoutOf = () => null) {
   container.replaceChildren();
   if (!timeline || !timeline.version) {
     message(container, "No model is serving yet.");
@@ -50,7 +65,7 @@ export function renderLiveChart(container, timeline, holdout = null) {
     .filter((b) => typeof b.accuracy === "number")
     .reverse();
   if (points.length === 0) {
-    message(container, `No labelled samples have been scored for ${timeline.version} yet.`);
+    message(container, `No labelled samples have been scored since ${timeline.version} was serving.`);
     return;
   }
   const changes = (timeline.changes || [])
@@ -58,13 +73,19 @@ export function renderLiveChart(container, timeline, holdout = null) {
     .map((c) => ({ ...c, ms: Date.parse(c.at) }))
     .filter((c) => Number.isFinite(c.ms))
     .reverse();
+  const failed = (timeline.runs || [])
+    .filter((r) => UNPUBLISHED.has(r.status))
+    .map((r) => ({ ...r, ms: Date.parse(r.started_at) }))
+    .filter((r) => Number.isFinite(r.ms))
+    .reverse();
+  const marks = [...changes, ...failed].map((m) => m.ms);
 
   const WIDTH = Math.max(MIN_WIDTH, Math.floor(container.clientWidth) || DEFAULT_WIDTH);
   const plotW = WIDTH - M.left - M.right;
   const plotH = HEIGHT - M.top - M.bottom;
   const ends = points.map((p) => p.start_ms + p.bucket_s * 1000);
-  const x0 = Math.min(points[0].start_ms, ...changes.map((c) => c.ms));
-  const x1 = Math.max(...ends, ...changes.map((c) => c.ms));
+  const x0 = Math.min(points[0].start_ms, ...marks);
+  const x1 = Math.max(...ends, ...marks);
   const span = Math.max(1, x1 - x0);
   const xOf = (ms) => M.left + (plotW * (ms - x0)) / span;
   const yOf = (a) => M.top + plotH * (1 - a);
@@ -74,9 +95,10 @@ export function renderLiveChart(container, timeline, holdout = null) {
   const svg = el("svg", {
     viewBox: `0 0 ${WIDTH} ${HEIGHT}`,
     role: "img",
-    "aria-label": `Live accuracy of ${timeline.version}: ${points.length} time buckets, latest ` +
-      `${pct(newest.accuracy)} of ${newest.seen}; ${changes.length} change${changes.length === 1 ? "" : "s"} ` +
-      "of the serving model marked",
+    "aria-label": `Live accuracy of the serving model, now ${timeline.version}: ${points.length} time ` +
+      `buckets, latest ${pct(newest.accuracy)} of ${newest.seen}; ${changes.length} ` +
+      `change${changes.length === 1 ? "" : "s"} of the serving model and ${failed.length} unpublished ` +
+      `run${failed.length === 1 ? "" : "s"} marked`,
     class: "live",
     "data-version": timeline.version,
   });
@@ -98,14 +120,23 @@ export function renderLiveChart(container, timeline, holdout = null) {
   grid.append(el("text", { x: WIDTH - 4, y: 14, "text-anchor": "end", class: "axis-title" }, "time (UTC)"));
   svg.append(grid);
 
-  if (typeof holdout === "number") {
-    const y = yOf(holdout);
-    const ref = el("g", { class: "holdout", "data-accuracy": holdout });
-    ref.append(el("line", { x1: M.left, x2: WIDTH - M.right, y1: y, y2: y }));
-    ref.append(el("text", { x: WIDTH - M.right - 4, y: y - 5, "text-anchor": "end", class: "axis" },
-      `holdout ${pct(holdout)}`));
+  // The holdout of the version serving each span, under it: a step where a retrain changed it.
+  const holdouts = spans(points, timeline.version)
+    .map((span) => ({ ...span, accuracy: holdoutOf(span.version) }))
+    .filter((span) => typeof span.accuracy === "number");
+  holdouts.forEach((span, i) => {
+    const y = yOf(span.accuracy);
+    const last = span.points.at(-1);
+    const left = i === 0 ? M.left : xOf(span.points[0].start_ms);
+    const right = i === holdouts.length - 1 ? WIDTH - M.right : xOf(last.start_ms + last.bucket_s * 1000);
+    const ref = el("g", { class: "holdout", "data-accuracy": span.accuracy, "data-version": span.version });
+    ref.append(el("line", { x1: left, x2: right, y1: y, y2: y }));
+    if (right - left > 90) {
+      ref.append(el("text", { x: right - 4, y: y - 5, "text-anchor": "end", class: "axis" },
+        `holdout ${pct(span.accuracy)}`));
+    }
     svg.append(ref);
-  }
+  });
 
   // The interval under the line; the line under the points.
   for (const run of segments(points)) {
@@ -120,8 +151,20 @@ export function renderLiveChart(container, timeline, holdout = null) {
     }
   }
 
-  changes.forEach((c, i) => {
-    const x = xOf(c.ms);
+  // Labels alternate between two rows in time order, changes and runs alike.
+  const rows = new Map([...changes, ...failed]
+    .sort((a, b) => a.ms - b.ms)
+    .map((m, i) => [m, M.top - 22 + (i % 2) * 12]));
+  const marker = (g, m, label) => {
+    const x = xOf(m.ms);
+    const row = rows.get(m);
+    g.append(el("line", { x1: x, x2: x, y1: row + 3, y2: M.top + plotH }));
+    const anchor = x > WIDTH - M.right - 80 ? "end" : "start";
+    g.append(el("text", { x: anchor === "end" ? x - 3 : x + 3, y: row,
+      "text-anchor": anchor, class: "change-label" }, label));
+    svg.append(g);
+  };
+  for (const c of changes) {
     const g = el("g", {
       class: `change ${c.action}`,
       "data-action": c.action,
@@ -130,15 +173,21 @@ export function renderLiveChart(container, timeline, holdout = null) {
     });
     g.append(el("title", {}, `${c.at}: ${MARKED[c.action]} to ${c.version}` +
       (c.previous ? ` (was ${c.previous})` : "")));
-    const row = M.top - 22 + (i % 2) * 12;
-    g.append(el("line", { x1: x, x2: x, y1: row + 3, y2: M.top + plotH }));
     // The version's suffix, as the page's header shows it: a time here would read as the axis's.
-    const label = `${MARKED[c.action]} → ${String(c.version).slice(-4)}`;
-    const anchor = x > WIDTH - M.right - 80 ? "end" : "start";
-    g.append(el("text", { x: anchor === "end" ? x - 3 : x + 3, y: row,
-      "text-anchor": anchor, class: "change-label" }, label));
-    svg.append(g);
-  });
+    marker(g, c, `${MARKED[c.action]} → ${String(c.version).slice(-4)}`);
+  }
+  for (const r of failed) {
+    const g = el("g", {
+      class: `run ${r.status}`,
+      "data-status": r.status,
+      "data-rule": r.rule ?? "",
+      "data-version": r.version,
+      "data-at": r.started_at,
+    });
+    g.append(el("title", {}, `${r.started_at}: run ${r.version}, started by the ${r.rule ?? "?"} rule, ` +
+      `${r.status}${r.decision ? ` (gate: ${r.decision})` : ""}`));
+    marker(g, r, `${r.rule ?? "run"} ✗ ${String(r.version).slice(-4)}`);
+  }
 
   for (const p of points) {
     const g = el("g", {
@@ -161,8 +210,9 @@ export function renderLiveChart(container, timeline, holdout = null) {
   legend.innerHTML =
     '<li><span class="key live"></span>live accuracy per time bucket</li>' +
     '<li><span class="key band"></span>95 % interval</li>' +
-    (typeof holdout === "number" ? '<li><span class="key holdout"></span>holdout accuracy</li>' : "") +
-    '<li><span class="key change"></span>retrain, promotion or rollback</li>';
+    (holdouts.length ? '<li><span class="key holdout"></span>holdout accuracy of the version serving</li>' : "") +
+    '<li><span class="key change"></span>retrain, promotion or rollback</li>' +
+    (failed.length ? '<li><span class="key run"></span>run not published</li>' : "");
   container.append(legend);
   if (timeline.more) message(container, "Older time buckets are not shown.");
 }

@@ -458,39 +458,68 @@ def test_web_page_shows_metrics_lineage_and_one_chart_point_per_version(
     assert report["chart"]["tableRows"] == len(runs)
 
 
+def _serving(world: World) -> list[tuple[str, int, int, str]]:
+    """What GET /models?live=serving should give the chart, oldest first: per time bucket its
+    start, samples, correct ones, and the version that scored most of them (a later version on a
+    tie, as lambdas/models.py picks)."""
+    merged: dict[int, dict[str, tuple[int, int]]] = {}
+    first_ms, second_ms = (_ms(at) for at in world.promoted_at)
+    scored = [(world.published[0], first_ms, FIRST_LIVE)]
+    scored += [(world.published[1], second_ms + k * BUCKET_S * 1000, cw) for k, cw in enumerate(SECOND_LIVE)]
+    for version, at_ms, (correct, wrong) in scored:
+        merged.setdefault(live.bucket_start_ms(at_ms, BUCKET_S), {})[version] = (correct + wrong, correct)
+    out = []
+    for start, versions in sorted(merged.items()):
+        top = max(versions, key=lambda v: (versions[v][0], v))
+        seen, correct = (sum(n[i] for n in versions.values()) for i in (0, 1))
+        out.append((live.iso(start), seen, correct, top))
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_web_page_charts_live_accuracy_of_the_serving_version_with_the_retrains_marked(
+def test_web_page_charts_live_accuracy_of_the_serving_model_across_retrains(
     world: World, browsed: Browsed
 ) -> None:
     shown = browsed.report["live"]
-    second_ms = _ms(world.promoted_at[1])
     assert shown["version"] == world.published[1]
-    # One point per time bucket, oldest first, as GET /models?live=latest gave them.
-    assert [p["start"] for p in shown["points"]] == [
-        live.iso(live.bucket_start_ms(second_ms + k * BUCKET_S * 1000, BUCKET_S))
-        for k in range(len(SECOND_LIVE))
-    ]
+    # One point per time bucket, oldest first, whichever version served it: the first model's
+    # bucket and then the second's, on one line.
+    expected = _serving(world)
+    assert [p["start"] for p in shown["points"]] == [start for start, *_ in expected]
     assert [(p["accuracy"], p["seen"]) for p in shown["points"]] == [
-        (pytest.approx(c / (c + w)), c + w) for c, w in SECOND_LIVE
+        (pytest.approx(correct / seen), seen) for _, seen, correct, _ in expected
     ]
     assert all(p["ciLow"] < p["accuracy"] < p["ciHigh"] for p in shown["points"])
     assert shown["band"] is True
     xs = [p["x"] for p in shown["points"]]
     assert xs == sorted(xs) and len(set(xs)) == len(xs)
-    holdout = world.registry.get_run(world.published[1])["metrics"]["holdout"]["accuracy"]
-    assert shown["holdout"] == pytest.approx(holdout)
+    # The holdout of the version serving each span: a step at the retrain.
+    spans = [top for i, (*_, top) in enumerate(expected) if i == 0 or expected[i - 1][3] != top]
+    holdout = {v: world.registry.get_run(v)["metrics"]["holdout"]["accuracy"] for v in world.published}
+    assert [(h["version"], h["accuracy"]) for h in shown["holdouts"]] == [
+        (v, pytest.approx(holdout[v])) for v in spans
+    ]
     # The retrains that made each published run latest, on the same time axis.
     assert [(m["action"], m["version"], m["at"]) for m in shown["markers"]] == [
         ("auto", world.published[0], world.promoted_at[0]),
         ("auto", world.published[1], world.promoted_at[1]),
     ]
     first, second = (m["x"] for m in shown["markers"])
-    assert 0 < first <= second < xs[1] < shown["width"]  # promoted within its first bucket
-    # After the rollback the chart follows the version now serving, and marks the rollback.
+    assert 0 < first <= second < xs[-1] < shown["width"]
+    # The run the gate rejected is marked where it started; published runs are not marked twice.
+    rejected = world.registry.get_run(world.rejected)
+    assert [(r["status"], r["version"], r["at"]) for r in shown["runs"]] == [
+        ("rejected", world.rejected, rejected["started_at"])
+    ]
+    assert second <= shown["runs"][0]["x"] < shown["width"]
+    # After the rollback the chart keeps the same line (the serving model's history), now naming
+    # the version serving, and marks the rollback.
     after = browsed.report["afterSwitch"]["live"]
     assert after["version"] == world.published[0]
-    assert [(p["accuracy"], p["seen"]) for p in after["points"]] == [(pytest.approx(0.9), 20)]
+    assert [(p["start"], p["seen"]) for p in after["points"]] == [
+        (start, seen) for start, seen, *_ in expected
+    ]
     assert [(m["action"], m["version"]) for m in after["markers"]] == [
         ("auto", world.published[0]),
         ("auto", world.published[1]),

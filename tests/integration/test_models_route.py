@@ -243,6 +243,98 @@ def test_models_live_latest_before_any_promotion_is_an_empty_timeline(stack: Any
     assert body["timeline"] == {"version": None, "buckets": [], "more": False, "changes": []}
 
 
+# the serving model's timeline (?live=serving) ----------------------------------------------------
+
+
+def test_models_serving_timeline_joins_the_versions_that_served_and_sums_a_shared_bucket(
+    served: registry.Registry, stack: Any
+) -> None:
+    # Two late samples of VERSIONS[2] in the bucket of VERSIONS[4]'s promotion (at 60 s).
+    live_support.record(
+        boto3.client("dynamodb"),
+        stack.physical["ModelTable"],
+        live_support.outcomes(VERSIONS[2], T0 + 61_000, correct=0, wrong=2, prefix="late-"),
+        BUCKET_S,
+    )
+    status, body = get({"live": "serving"})
+    assert status == 200
+    timeline = body["timeline"]
+    assert timeline["version"] == VERSIONS[4] and timeline["serving"] is True
+    buckets = timeline["buckets"]
+    assert [b["start_ms"] for b in buckets] == [T0 + s * 1000 for s in range(110, -10, -10)]
+    # The drop and the recovery on one line: 0.9 under VERSIONS[2], 0.5 to 1.0 under VERSIONS[4].
+    assert [b["version"] for b in buckets] == [VERSIONS[4]] * 6 + [VERSIONS[2]] * 6
+    assert [(b["seen"], b["correct"]) for b in buckets[6:]] == [(10, 9)] * 6
+    assert [(b["seen"], b["correct"]) for b in buckets[:5]] == [(10, 5 + k) for k in range(5, 0, -1)]
+    shared = buckets[5]
+    assert shared["versions"] == {VERSIONS[4]: 10, VERSIONS[2]: 2}
+    assert (shared["seen"], shared["correct"]) == (12, 5)
+    assert shared["accuracy"] == pytest.approx(5 / 12)
+    assert shared["ci_low"] < shared["accuracy"] < shared["ci_high"]
+    assert timeline["more"] is False
+    assert [(c["action"], c["version"]) for c in timeline["changes"]] == [
+        ("pin", VERSIONS[4]),
+        ("auto", VERSIONS[4]),
+        ("auto", VERSIONS[2]),
+    ]
+
+
+@pytest.mark.parametrize(("limit", "queries", "more"), [(3, 2, True), (8, 3, True), (12, 3, False)])
+def test_models_serving_timeline_reads_only_the_versions_it_needs(
+    served: registry.Registry, limit: int, queries: int, more: bool
+) -> None:
+    calls: list[str] = []
+    aws.dynamodb().meta.events.register(
+        "before-call.dynamodb.*", lambda model, **kw: calls.append(model.name)
+    )
+    status, body = get({"live": "serving", "buckets": str(limit)})
+    assert status == 200
+    timeline = body["timeline"]
+    newest = [T0 + s * 1000 for s in range(110, -10, -10)]
+    assert [b["start_ms"] for b in timeline["buckets"]] == newest[:limit]
+    assert timeline["more"] is more
+    # The runs page, the history page walked, one Query per version read, the changes, the runs:
+    # a window within VERSIONS[4]'s span never reads VERSIONS[2].
+    history_and_buckets = calls.count("Query") - 3
+    assert history_and_buckets == queries
+
+
+def test_models_serving_timeline_lists_the_runs_started_over_its_span_with_their_rule(
+    served: registry.Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "now_iso", lambda: at(65))
+    rejected = "v20270101T000105Z-0b0b"
+    served.create_run(rejected, trigger={"rule": "quality", "quality": {"seen": 200}})
+    served.update_run(rejected, status="rejected", gate={"decision": "reject"}, ended_at=at(80))
+    status, body = get({"live": "serving"})
+    assert status == 200
+    # The fixture's runs started before the oldest bucket: not over the span.
+    assert body["timeline"]["runs"] == [
+        {
+            "version": rejected,
+            "status": "rejected",
+            "rule": "quality",
+            "started_at": at(65),
+            "ended_at": at(80),
+            "decision": "reject",
+        }
+    ]
+
+
+def test_models_serving_timeline_before_any_promotion_is_empty(stack: Any) -> None:
+    models.reset()
+    status, body = get({"live": "serving"})
+    assert status == 200
+    assert body["timeline"] == {
+        "version": None,
+        "serving": True,
+        "buckets": [],
+        "more": False,
+        "changes": [],
+        "runs": [],
+    }
+
+
 def test_models_without_live_has_no_timeline(runs: registry.Registry) -> None:
     assert "timeline" not in get()[1]
 
@@ -250,11 +342,15 @@ def test_models_without_live_has_no_timeline(runs: registry.Registry) -> None:
 @pytest.mark.parametrize(
     ("query", "field", "message"),
     [
-        ({"live": "v1"}, "live", "live must be a model version like v20261123T091432Z-1a2b or 'latest'"),
+        (
+            {"live": "v1"},
+            "live",
+            "live must be a model version like v20261123T091432Z-1a2b, 'latest' or 'serving'",
+        ),
         ({"live": "latest", "buckets": "0"}, "buckets", "buckets must be an integer from 1 to 500"),
         ({"live": "latest", "buckets": "501"}, "buckets", "buckets must be an integer from 1 to 500"),
         ({"live": "latest", "buckets": "all"}, "buckets", "buckets must be an integer from 1 to 500"),
-        ({"buckets": "5"}, "buckets", "buckets needs live=<version or latest>"),
+        ({"buckets": "5"}, "buckets", "buckets needs live=<version, latest or serving>"),
     ],
 )
 def test_models_rejects_bad_timeline_parameters(

@@ -97,8 +97,9 @@ async function chart(page) {
   }));
 }
 
-// The live accuracy chart: its points (oldest first) and the changes of latest it marks, with
-// where they were drawn, so the caller can check that a marker falls inside the plot.
+// The live accuracy chart: its points (oldest first), the holdout of each version's span, the
+// changes of latest and the unpublished runs it marks, with where they were drawn, so the caller
+// can check that a marker falls inside the plot.
 async function liveChart(page) {
   return page.evaluate(() => {
     const svg = document.querySelector("#live-chart svg");
@@ -120,8 +121,18 @@ async function liveChart(page) {
         at: g.dataset.at,
         x: Number(g.querySelector("line").getAttribute("x1")),
       })),
+      runs: [...document.querySelectorAll("#live-chart g.run")].map((g) => ({
+        status: g.dataset.status,
+        rule: g.dataset.rule,
+        version: g.dataset.version,
+        at: g.dataset.at,
+        x: Number(g.querySelector("line").getAttribute("x1")),
+      })),
       band: document.querySelector("#live-chart .ci-band") !== null,
-      holdout: number(document.querySelector("#live-chart g.holdout")?.dataset.accuracy),
+      holdouts: [...document.querySelectorAll("#live-chart g.holdout")].map((g) => ({
+        version: g.dataset.version,
+        accuracy: number(g.dataset.accuracy),
+      })),
       label: svg ? svg.getAttribute("aria-label") : null,
       text: document.getElementById("live-chart").textContent,
     };
