@@ -28,6 +28,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import numpy as np
+
 from lambdas.core import comfort, registry
 from localcloud.cloud import LocalCloud
 from scripts import bench_score, demo_drift
@@ -163,6 +165,35 @@ def stationary(
     }
 
 
+def reasks(history: int, newest: int | None, window: int = 200, limit: int = 200, seed: int = 5) -> int:
+    """How often the drift rule asks again after the world shifts for good, when each ask
+    retrains at once: ``history`` office samples, then shifted ones; every ``window`` shifted
+    samples the rule judges them against the serving model's reference, and an ask trains a
+    model whose reference is the table's newest ``newest`` samples (None: the whole table, as
+    before the trainer's DRIFT_REFERENCE_MAX). The asks until one window passes (``limit``: it
+    never did). The rule's own code (``drift.profile``, ``drift.psi``) on ``comfort``'s worlds."""
+    from lambdas.core import drift
+    from lambdas.core.schema import FEATURE_NAMES
+
+    def features(world: comfort.World, n: int, at_seed: int) -> np.ndarray:
+        rows = comfort.generate(n, at_seed, 0.0, world=world)
+        return np.array([[row[name] for name in FEATURE_NAMES] for row in rows], dtype=np.float64)
+
+    table = features(comfort.OFFICE, history, seed)
+    reference = drift.profile(table if newest is None else table[-newest:])
+    for ask in range(limit + 1):
+        live = features(comfort.SHIFTED, window, seed + 1 + ask)
+        counts = [[0] * len(c) for c in reference.counts]
+        for row in live:
+            for f, b in enumerate(reference.bins(tuple(row))):
+                counts[f][b] += 1
+        table = np.vstack([table, live])
+        if max(drift.psi(e, a) for e, a in zip(reference.counts, counts, strict=True)) <= 0.25:
+            return ask
+        reference = drift.profile(table if newest is None else table[-newest:])
+    return limit
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench_drift", description=__doc__)
     parser.add_argument("--stationary", type=int, default=10_000, help="stationary samples (default 10,000)")
@@ -212,7 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         f" highest PSI {f['highest_psi']:.3f} against 0.25)"
     )
 
-    print("\n3. cost per scored sample: scripts/bench_score.py, one batch of 1,000 records", flush=True)
+    print(
+        "\n3. the drift rule after a lasting shift: the asks before it falls quiet, each ask retraining at "
+        "once on the table so far (windows of 200 shifted samples; office history, then shifted traffic)",
+        flush=True,
+    )
+    for history in (1_000, 10_000, 100_000):
+        whole, newest = reasks(history, None), reasks(history, 1000)
+        shown = f"{whole}" if whole < 200 else "200+ (never quiet within 40,000 shifted samples)"
+        print(f"  history {history:>7,}: reference = whole table {shown}; newest 1,000 (trainer) {newest}")
+
+    print("\n4. cost per scored sample: scripts/bench_score.py, one batch of 1,000 records", flush=True)
     cost = bench_score.measure(1000, moto_transactions=False)
     print(
         f"  first delivery {cost['first_s'] / 1000 * 1e6:.0f} µs per record, "

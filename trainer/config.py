@@ -63,6 +63,9 @@ class Settings:
     gate_recent_max: int = 2000
     gate_recent_min: int = 100
     gate_drift_tolerance: float = 0.05
+    # The drift rule's reference (lambdas/core/drift.py): the newest DRIFT_REFERENCE_MAX samples
+    # of the snapshot, so after the world moves it follows within that many new samples.
+    drift_reference_max: int = 1000
     scan_segments: int | None = None  # None: chosen from the table's size (trainer.data)
     imds_endpoint: str = "http://169.254.169.254"
     imds_timeout: float = 1.0
@@ -119,6 +122,7 @@ class Settings:
             gate_min_accuracy=settings.number(env, "GATE_MIN_ACCURACY", 0.6, minimum=0.0),
             gate_recent_percent=recent_percent,
             gate_recent_max=settings.integer(env, "GATE_RECENT_MAX", 2000, minimum=0),
+            drift_reference_max=settings.integer(env, "DRIFT_REFERENCE_MAX", 1000, minimum=200),
             gate_recent_min=settings.integer(env, "GATE_RECENT_MIN", 100, minimum=30),
             gate_drift_tolerance=settings.number(env, "GATE_DRIFT_TOLERANCE", 0.05, minimum=0.0),
             scan_segments=_auto_int(env, "SCAN_SEGMENTS"),

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -349,9 +350,7 @@ def _train_and_publish(
     )
     if parts.recent is not None:
         record["recent_count"] = len(parts.recent)
-    # The training snapshot's input distribution, for the drift rule (lambdas/core/drift.py): the
-    # score function compares what arrives with it, per feature.
-    record["input_profile"] = drift.profile(samples.x).to_dict()
+    record["input_profile"] = reference_profile(samples, settings.drift_reference_max)
     watcher = SpotWatcher(imds, settings.spot_poll_seconds)
     if imds.token() is None:
         log.log("imds_unreachable", endpoint=imds.endpoint, spot_polling=False)
@@ -365,6 +364,21 @@ def _train_and_publish(
         )
     finally:
         watcher.stop()
+
+
+def reference_profile(samples: data.Samples, newest: int) -> dict[str, Any]:
+    """The input distribution the drift rule compares arriving samples with
+    (lambdas/core/drift.py): the snapshot's newest ``newest`` samples by arrival, not the whole
+    table. After the world moves, a retrain's reference is then the new world within
+    ``newest`` new samples, and the rule stops asking; against the whole table it would ask
+    again on every window until new data outnumbered all the history (a year of it, say).
+    ``newest`` (1,000) keeps the reference's own noise small next to the rule's 200-sample
+    window. ``since``: the arrival time (epoch ms) of the oldest sample in it."""
+    arrival = samples.arrived
+    order = np.argsort(arrival, kind="stable")[-newest:]
+    out = drift.profile(samples.x[order]).to_dict()
+    out["since"] = int(arrival[order].min()) if len(order) else None
+    return out
 
 
 def recent_window(

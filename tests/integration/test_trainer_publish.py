@@ -129,7 +129,7 @@ def test_trainer_publishes_a_model_from_2000_samples(world: World) -> None:
         assert set(run_item["metrics"][split]) >= {"loss", "accuracy", "count"}
     assert set(run_item["metrics"]["holdout"]["per_class"]) == set(LABELS)
     profile = drift.Profile.from_dict(run_item["input_profile"])  # the drift rule's reference
-    assert profile is not None and profile.count == N_SAMPLES
+    assert profile is not None and profile.count == min(N_SAMPLES, world.settings.drift_reference_max)
     assert [len(counts) for counts in profile.counts] == [drift.BINS] * len(FEATURE_NAMES)
     runs, _ = world.registry.list_runs()
     assert runs[0]["version"] == version

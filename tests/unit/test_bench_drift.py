@@ -50,3 +50,10 @@ def test_bench_drift_stationary_windows_follow_the_simulated_rate(isolated: None
     assert first["quality_looks"] == first["drift_looks"] == 41  # from the 10th batch on
     assert (first["window_min"], first["window_median"]) == (200, 260)
     assert bench_drift.stationary(files, run, 1000, 20, 2, rate=100) == first
+
+
+def test_bench_drift_counts_fewer_reasks_with_the_trainers_newest_samples_reference() -> None:
+    # After a lasting shift, a reference of the newest 1,000 samples is all shifted after five
+    # windows of 200; the whole table (1,000 office samples of history) is not within 30.
+    assert bench_drift.reasks(1000, 1000, limit=30) == 5
+    assert bench_drift.reasks(1000, None, limit=30) == 30

@@ -119,3 +119,41 @@ def test_drift_shift_of_one_feature_triggers_within_one_window_and_names_it() ->
     assert verdict is not None and verdict.triggered and verdict.feature == "temp"
     request = verdict.request("t")
     assert request["rule"] == "drift" and request["psi"]["temp"] > 0.25 > request["psi"]["rh"]
+
+
+# the trainer's reference: the newest samples of the snapshot ------------------------------------
+
+
+def test_reference_profile_is_the_newest_samples_so_a_retrain_after_a_shift_stops_the_rule() -> None:
+    from trainer import data
+    from trainer.run import reference_profile
+
+    rng = np.random.default_rng(3)
+    office = rng.uniform([68, 30, 0.05, 0.4], [78, 60, 0.3, 0.8], size=(5000, 4))
+    shifted = rng.uniform([50, 20, 0.05, 1.25], [72, 70, 0.5, 1.7], size=(1200, 4))
+    x = np.vstack([office, shifted]).astype(np.float32)
+    arrived = np.arange(len(x), dtype=np.int64) + 1_800_000_000_000
+    order = rng.permutation(len(x))  # the table's scan order is not arrival order
+    samples = data.Samples(
+        ids=[f"s{i}" for i in order],
+        x=x[order],
+        y=np.zeros(len(x), dtype=np.int64),
+        created=arrived[order] - 5,
+        ingested=arrived[order],
+    )
+    newest = drift.Profile.from_dict(reference_profile(samples, 1000))
+    whole = drift.profile(x)
+    assert newest is not None and newest.count == 1000
+    assert reference_profile(samples, 1000)["since"] == int(arrived[-1000])
+    # Shifted traffic against each reference: the whole history (mostly office) still says drift,
+    # the newest 1,000 (all shifted) does not.
+    window = rng.uniform([50, 20, 0.05, 1.25], [72, 70, 0.5, 1.7], size=(200, 4))
+
+    def worst_psi(shape: drift.Profile) -> float:
+        live = [[0] * len(c) for c in shape.counts]
+        for row in window:
+            for f, b in enumerate(shape.bins(tuple(float(v) for v in row))):
+                live[f][b] += 1
+        return max(drift.psi(e, a) for e, a in zip(shape.counts, live, strict=True))
+
+    assert worst_psi(whole) > 0.25 > worst_psi(newest)
