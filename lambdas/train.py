@@ -25,7 +25,9 @@ retry has come due, a rule's request waits (the score function's quality or drif
 flight it also looks at the run's instance: an instance that ended without its state-change event being
 handled (lost, failed) ends its run at the next tick, as that event would have.
 
-After any of them, a run starts if the lock is free (or expired), enough new samples are pending
+After any of them, a run starts if the lock is free (or expired), no bulk import holds it (the
+importer's ``holds``: one run after an import instead of one per ``MIN_NEW_SAMPLES`` of its rows;
+the schedule launches it once the hold is gone), enough new samples are pending
 or a rule's request waits, and the minimum interval has passed (and a retry's backoff, unless
 enough fresh data came). The run item's ``trigger.rule`` says which rule started it.
 A run that ended with a model, or failed on its data or code, consumes the samples it scanned

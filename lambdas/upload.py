@@ -23,8 +23,10 @@ def config() -> ingest.IngestSettings:
 def source_of(event: http.Event) -> str:
     headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
     source = str(headers.get(SOURCE_HEADER) or "api").strip().lower()
-    if source not in ingest.SOURCES:
-        raise BadRequest(f"header X-Sample-Source must be one of {', '.join(ingest.SOURCES)}, got {source!r}")
+    if source not in ingest.CLIENT_SOURCES:
+        raise BadRequest(
+            f"header X-Sample-Source must be one of {', '.join(ingest.CLIENT_SOURCES)}, got {source!r}"
+        )
     return source
 
 

@@ -273,9 +273,12 @@ def _function_logical_id(name: str) -> str:
     return f"{normalized[:1].upper()}{normalized[1:]}LambdaFunction"
 
 
-def lambda_permitted(stack: infra.Stack, function: str, alarm_arn: str) -> bool:
-    """Whether an AWS::Lambda::Permission of the stack lets CloudWatch alarms invoke
-    ``function`` for the alarm ``alarm_arn`` (SourceArn is matched like Lambda's StringLike)."""
+def lambda_permitted(
+    stack: infra.Stack, function: str, alarm_arn: str, *, principal: str = ALARM_PRINCIPAL
+) -> bool:
+    """Whether an AWS::Lambda::Permission of the stack lets CloudWatch alarms (or another
+    service ``principal``, e.g. S3) invoke ``function`` for the source ``alarm_arn`` (SourceArn
+    is matched like Lambda's StringLike)."""
     own = {
         _function_logical_id(function),
         function,
@@ -288,7 +291,7 @@ def lambda_permitted(stack: infra.Stack, function: str, alarm_arn: str) -> bool:
             target = (target.get("Fn::GetAtt") or [target.get("Ref")])[0]
         if str(target) not in own and not str(target).endswith(f":function:{function}"):
             continue
-        if props.get("Principal") != ALARM_PRINCIPAL or props.get("Action") != "lambda:InvokeFunction":
+        if props.get("Principal") != principal or props.get("Action") != "lambda:InvokeFunction":
             continue
         account = props.get("SourceAccount")
         if account is not None and str(stack.resolve_intrinsics(account)) != stack.account:

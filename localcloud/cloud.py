@@ -38,7 +38,7 @@ from localcloud.scheduler import Scheduler, schedules
 ROOT = infra.ROOT
 DEFAULT_STATE_DIR = Path(".localcloud")
 # Started after the core, in this order, and stopped in reverse.
-DRIVER_MODULES = ("streams", "instances", "alarms", "notifications")
+DRIVER_MODULES = ("streams", "instances", "alarms", "notifications", "s3events")
 # The local cloud's administrator (the operator, the drivers, the tests): the gate allows it
 # everything. Functions and the trainer get their roles' temporary credentials instead.
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -61,12 +61,17 @@ class LocalCloudError(RuntimeError):
 
 def forget(state_dir: Path) -> None:
     """Start empty next time: remove the kept AWS state and the stream positions."""
-    from localcloud import persistence
+    from localcloud import persistence, s3events
     from localcloud.streams import POSITIONS_FILE
 
     persistence.clear(Path(state_dir) / "aws")
-    with contextlib.suppress(FileNotFoundError):
-        (Path(state_dir) / POSITIONS_FILE).unlink()
+    for path in (
+        Path(state_dir) / POSITIONS_FILE,
+        Path(state_dir) / s3events.POSITIONS_FILE,
+        Path(state_dir) / "aws" / s3events.LOG_FILE,
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _say(line: str) -> None:

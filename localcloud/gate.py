@@ -4,7 +4,8 @@ moto accepts any credentials, checks IAM by action only (resources only for S3, 
 conditions), never verifies a presigned URL and applies few service limits. The gate, a WSGI
 middleware in moto's process, does for every request, in AWS's order:
 1. **Who is calling.** The access key of the SigV4 ``Authorization`` header (or of a presigned
-   URL, whose signature and expiry are verified: ``localcloud.sigv4``) names either the local
+   URL, whose signature and expiry are verified, or of a browser POST upload's form, whose
+   policy signature, expiry and conditions are verified: ``localcloud.sigv4``) names either the local
    cloud's administrator (the key ``testing``: the operator, the drivers, the tests) or a role
    session created by ``sts:AssumeRole`` in moto: a function's role, or the training
    instance's role. Any other key, or a session token that does not match, is refused as
@@ -16,7 +17,8 @@ middleware in moto's process, does for every request, in AWS's order:
    (created from serverless.yml); one denial refuses the call with the service's AccessDenied
    error, naming the action and the resource. Nothing reaches moto, so nothing is written.
 Every decision can be appended to a JSON-lines file (``record``): the test suite uses it to
-report which (role, action) pairs it exercised.
+report which (role, action) pairs it exercised. Every object created is logged for the S3
+event driver (``localcloud.s3events.CreatedLog``), before the client is answered.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from localcloud import awsapi, faults, iam, limits, persistence, sigv4
+from localcloud import awsapi, faults, iam, limits, persistence, s3events, sigv4
 
 ADMIN_ACCESS_KEY = "testing"
 ADMIN_SECRET_KEY = "testing"
@@ -100,6 +102,17 @@ class MotoWorld:
         found = s3_backends[self.account][PARTITION].buckets.get(bucket)
         return found is not None and key in found.keys
 
+    def object_info(self, bucket: str, key: str) -> tuple[int, str, str | None] | None:
+        """The current version's size, ETag and version id (None: no versioning), if any."""
+        from moto.s3.models import s3_backends
+
+        found = s3_backends[self.account][PARTITION].buckets.get(bucket)
+        obj = found.keys.get(key) if found is not None else None
+        if obj is None:
+            return None
+        version = getattr(obj, "version_id", None)
+        return int(obj.size), str(obj.etag), (None if version in (None, "null") else str(version))
+
     def create_service_linked_role(self, service_name: str) -> None:
         if not self.service_linked_role_exists(service_name):
             self._iam().create_service_linked_role(service_name, "", "")
@@ -150,6 +163,7 @@ class Gate:
         self.world = MotoWorld(account, region)
         self._record_path = record
         self._record_lock = threading.Lock()
+        self.created = s3events.CreatedLog(store.state_dir / s3events.LOG_FILE if store is not None else None)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = str(environ.get("PATH_INFO", ""))
@@ -162,6 +176,10 @@ class Gate:
                 f"{status_code} {_REASONS.get(status_code, 'OK')}", [("Content-Type", "application/json")]
             )
             return [payload]
+        if path == s3events.LOG_PATH:
+            after = int((parse_qs(str(environ.get("QUERY_STRING", ""))).get("after") or ["0"])[0])
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"records": self.created.after(after)}).encode()]
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         try:
@@ -213,7 +231,9 @@ class Gate:
     ) -> tuple[str, list[tuple[str, str]], list[bytes]]:
         operation = call.operation if call is not None else None
         if self.store is None:
-            return _run(self.app, environ)
+            answer = _run(self.app, environ)
+            self._log_created(call, environ, answer[0])
+            return answer
         if not persistence.is_mutation(operation, str(environ["REQUEST_METHOD"])):
             with self.store.lock.shared():
                 return _run(self.app, environ)
@@ -236,7 +256,33 @@ class Gate:
                         ),
                     )
                 )
+            # After the journal: an event is never logged for a change a crash would undo.
+            self._log_created(call, environ, status)
         return status, headers, chunks
+
+    def _log_created(self, call: awsapi.ApiCall | None, environ: dict[str, Any], status: str) -> None:
+        """An object that the call created, for the S3 event driver (localcloud.s3events)."""
+        if call is None or call.service != "s3" or call.operation not in s3events.EVENT_NAMES:
+            return
+        if int(status.split(" ", 1)[0]) >= 400:
+            return
+        bucket, key = str(call.params.get("Bucket", "")), str(call.params.get("Key", ""))
+        info = self.world.object_info(bucket, key)
+        if info is None:
+            return
+        size, etag, version = info
+        record = s3events.created_record(
+            operation=call.operation,
+            bucket=bucket,
+            key=key,
+            size=size,
+            etag=etag,
+            principal=str(environ.get("localcloud.principal", "")),
+            source_ip=str(environ.get("REMOTE_ADDR", "127.0.0.1")),
+        )
+        if version is not None:
+            record["versionId"] = version
+        self.created.append(record)
 
     # --- the checks --------------------------------------------------------------------------
 
@@ -251,6 +297,8 @@ class Gate:
             method=str(environ["REQUEST_METHOD"]), path=raw_path, query=raw_query, headers=headers, body=body
         )
         presigned: sigv4.Presigned | None = None
+        if sigv4.is_post_upload(request.method, raw_path, headers):
+            return self._check_post_upload(environ, request, headers)
         if sigv4.is_presigned(query):
             try:
                 presigned = sigv4.verify_presigned(
@@ -285,12 +333,42 @@ class Gate:
                 )
             return None, "anonymous"
         principal = self._identify(call, headers, presigned)
+        environ["localcloud.principal"] = principal.arn
         try:
             limits.check(call, len(body))
         except limits.LimitExceeded as err:
             raise _Refused(*iam.error_response(call, err.code, err.message, err.status)) from None
         if principal.role_name is None:
             self._side_effects(call, allowed=True)
+            return call, "admin"
+        self._authorize(principal, call)
+        return call, principal.role_name
+
+    def _check_post_upload(
+        self, environ: dict[str, Any], request: awsapi.WireRequest, headers: Mapping[str, str]
+    ) -> tuple[awsapi.ApiCall, str]:
+        """A browser POST upload: the form's policy and signature as S3 checks them
+        (``sigv4.verify_post``), then its signer as any caller (known key, session token, and
+        for a role session s3:PutObject on the key: IAM's own evaluation)."""
+        try:
+            upload = sigv4.verify_post(
+                raw_path=request.path,
+                content_type=headers.get("content-type", ""),
+                body=request.body,
+                secret_for=self._secret_for,
+            )
+        except sigv4.PresignError as err:
+            raise _Refused(err.status, [("Content-Type", "application/xml")], err.xml()) from None
+        call = awsapi.ApiCall(
+            service="s3",
+            operation="PostObject",
+            params={"Bucket": upload.bucket, "Key": upload.key},
+            region=upload.signer.region,
+            access_key=upload.signer.access_key,
+        )
+        principal = self._identify(call, headers, upload.signer)
+        environ["localcloud.principal"] = principal.arn
+        if principal.role_name is None:
             return call, "admin"
         self._authorize(principal, call)
         return call, principal.role_name

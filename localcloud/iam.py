@@ -493,6 +493,10 @@ _MAPPERS: dict[tuple[str, str], Any] = {
     ("s3", "GetObject"): _s3_object("GetObject"),
     ("s3", "HeadObject"): _s3_object("GetObject"),
     ("s3", "PutObject"): _s3_object("PutObject"),
+    # A browser-based POST upload (no botocore operation; the gate names it PostObject) is
+    # authorized as s3:PutObject of its key for the policy's signer (POST Object, "Permissions":
+    # https://docs.aws.amazon.com/AmazonS3/latest/API/RESTObjectPOST.html).
+    ("s3", "PostObject"): _s3_object("PutObject"),
     ("s3", "DeleteObject"): _s3_object("DeleteObject"),
     ("s3", "ListObjectsV2"): _s3_bucket("ListBucket"),
     ("s3", "ListObjects"): _s3_bucket("ListBucket"),

@@ -369,6 +369,23 @@ def _cors(cfn: dict[str, Any]) -> dict[str, Any]:
     return {"CORSRules": rules}
 
 
+def _lifecycle(cfn: dict[str, Any]) -> dict[str, Any]:
+    """CloudFormation's LifecycleConfiguration (the subset the file uses: Id, Status, Prefix,
+    ExpirationInDays) in the S3 API's spelling."""
+    rules = []
+    for rule in cfn["Rules"]:
+        unknown = set(rule) - {"Id", "Status", "Prefix", "ExpirationInDays"}
+        if unknown:
+            raise KeyError(f"lifecycle rule properties not supported locally: {sorted(unknown)}")
+        api_rule: dict[str, Any] = {"Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")}}
+        if "Id" in rule:
+            api_rule["ID"] = rule["Id"]
+        if "ExpirationInDays" in rule:
+            api_rule["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+        rules.append(api_rule)
+    return {"Rules": rules}
+
+
 def create_resources(stack: Stack, session: Any) -> Stack:
     """Create the tables, bucket, queue, topic and instance profiles the file declares. Idempotent."""
     dynamodb = session.client("dynamodb", region_name=stack.region)
@@ -389,6 +406,15 @@ def create_resources(stack: Stack, session: Any) -> Stack:
             desc = dynamodb.create_table(**kwargs)["TableDescription"]
         except dynamodb.exceptions.ResourceInUseException:
             desc = dynamodb.describe_table(TableName=name)["Table"]
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl and ttl.get("Enabled"):
+            # CloudFormation sets TTL after creating the table; moto stores it, and, like
+            # DynamoDB (which deletes expired items within days), never deletes by it on time:
+            # readers must ignore expired items themselves.
+            dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+            )
         stack.physical[logical] = name
         stack.arns[f"{logical}.Arn"] = desc["TableArn"]
         if desc.get("LatestStreamArn"):
@@ -424,6 +450,15 @@ def create_resources(stack: Stack, session: Any) -> Stack:
                     ]
                 },
             )
+        if "PublicAccessBlockConfiguration" in props:
+            s3.put_public_access_block(
+                Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
+            )
+        lifecycle = stack.resolve_intrinsics(props.get("LifecycleConfiguration"))
+        if lifecycle and lifecycle is not _NO_VALUE:
+            s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=_lifecycle(lifecycle))
+        # NotificationConfiguration is not given to moto (its server would not deliver it): the
+        # local cloud's S3 event driver reads it from the stack (localcloud/s3events.py).
         stack.physical[logical] = name
         stack.arns[f"{logical}.Arn"] = f"arn:aws:s3:::{name}"
 

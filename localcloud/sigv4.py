@@ -19,15 +19,21 @@ What S3 does, and where it is written down:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import io
+import json
 import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from xml.sax.saxutils import escape
+
+from werkzeug.formparser import parse_form_data
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -390,3 +396,232 @@ def _hmac(key: bytes, text: str) -> bytes:
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- browser-based uploads (POST Object with a SigV4 POST policy) -----------------------------
+# What S3 does with a multipart/form-data POST to a bucket, and where it is written down:
+# - the form's fields, the signature (HMAC-SHA256 of the base64 policy, the string to sign,
+#   with the SigV4 signing key) and the policy's expiration and conditions (eq, starts-with,
+#   content-length-range; every form field but policy, x-amz-signature, file and x-ignore-*
+#   must be covered by a condition):
+#   https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-authentication-HTTPPOST.html,
+#   https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-HTTPPOSTConstructPolicy.html
+# - the answers: a failed condition is 403 AccessDenied "Invalid according to Policy: Policy
+#   Condition failed: [...]" (S3's documents quoted in waynehoover/s3_direct_upload#107 and
+#   tj/node-s3-policy#8), a field no condition covers "Invalid according to Policy: Extra input
+#   fields: <name>" (quoted by AWS in aws/aws-sdk-php#3292), a size outside
+#   content-length-range 400 EntityTooLarge / EntityTooSmall (ErrorResponses); "Policy expired."
+#   is S3's wording as S3-compatible servers copy it (minio), not checked against S3 itself.
+
+_POST_UNSIGNED_FIELDS = ("policy", "x-amz-signature", "file")
+_POST_AUTH_FIELDS = ("x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-signature", "policy")
+_POLICY_PREFIX = "Invalid according to Policy: "
+
+
+class PolicyConditionFailed(PresignError):
+    """The policy refuses the form: 403 AccessDenied, "Invalid according to Policy: ..."."""
+
+
+class EntityTooLarge(PresignError):
+    status = 400
+    code = "EntityTooLarge"
+
+
+class EntityTooSmall(PresignError):
+    status = 400
+    code = "EntityTooSmall"
+
+
+class InvalidPolicyDocument(PresignError):
+    """A policy that is not base64 JSON with an expiration and conditions: 400 (ErrorResponses)."""
+
+    status = 400
+    code = "InvalidPolicyDocument"
+
+
+class InvalidPostArgument(PresignError):
+    """A form S3 cannot read as an upload (no key, no file, no signature fields): 400
+    InvalidArgument (ErrorResponses); the messages are ours where S3's were not found."""
+
+    status = 400
+    code = "InvalidArgument"
+
+
+@dataclass(frozen=True)
+class PostUpload:
+    """A POST upload that passed: who signed it, where it goes, and the file's size."""
+
+    signer: Presigned
+    bucket: str
+    key: str
+    size: int
+
+
+def is_post_upload(method: str, raw_path: str, headers: Mapping[str, str]) -> bool:
+    """A browser-style upload: POST of multipart/form-data to a bucket (path-style, ``/bucket``)."""
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    segments = [s for s in raw_path.split("/") if s]
+    return (
+        method.upper() == "POST"
+        and content_type.lower().startswith("multipart/form-data")
+        and len(segments) == 1
+    )
+
+
+def verify_post(
+    *,
+    raw_path: str,
+    content_type: str,
+    body: bytes,
+    secret_for: Callable[[str], str | None],
+    now: float | None = None,
+) -> PostUpload:
+    """Check a POST upload's form as S3 would, or raise the ``PresignError`` S3 would answer."""
+    now = time.time() if now is None else now
+    bucket = urllib.parse.unquote(raw_path.strip("/"))
+    fields, file_name, file_size = _form(content_type, body)
+    if "x-amz-signature" not in fields and ("awsaccesskeyid" in fields or "signature" in fields):
+        raise SignatureVersionNotSupported(
+            "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
+        )
+    missing = [name for name in _POST_AUTH_FIELDS if not fields.get(name)]
+    if missing:
+        raise InvalidPostArgument(f"Bucket POST must contain a field named '{missing[0]}'.")
+    if "key" not in fields:
+        raise InvalidPostArgument("Bucket POST must contain a field named 'key'.")
+    if file_size is None:
+        raise InvalidPostArgument("POST requires exactly one file upload per request.")
+    if fields["x-amz-algorithm"] != ALGORITHM:
+        raise InvalidPostArgument('x-amz-algorithm only supports "AWS4-HMAC-SHA256"')
+    access_key, scope_date, region, service = _credential(fields["x-amz-credential"])
+    amz_date = fields["x-amz-date"]
+    if not _AMZ_DATE.fullmatch(amz_date) or amz_date[:8] != scope_date:
+        raise InvalidPostArgument("x-amz-date must be yyyyMMdd'T'HHmmss'Z' of the credential's date")
+    secret = secret_for(access_key)
+    if secret is None:
+        raise InvalidAccessKeyId(
+            "The AWS Access Key Id you provided does not exist in our records.", AWSAccessKeyId=access_key
+        )
+    policy_b64 = fields["policy"]
+    key = _hmac(f"AWS4{secret}".encode(), scope_date)
+    for part in (region, service, "aws4_request"):
+        key = _hmac(key, part)
+    expected = hmac.new(key, policy_b64.encode(), hashlib.sha256).hexdigest()
+    provided = fields["x-amz-signature"]
+    if not (provided.isascii() and hmac.compare_digest(expected, provided.lower())):
+        raise SignatureDoesNotMatch(
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your key and signing method.",
+            AWSAccessKeyId=access_key,
+            StringToSign=policy_b64,
+            SignatureProvided=provided,
+        )
+    policy = _policy(policy_b64)
+    if _policy_time(policy["expiration"]) < now:
+        raise PolicyConditionFailed(_POLICY_PREFIX + "Policy expired.")
+    object_key = fields["key"].replace("${filename}", file_name or "")
+    values = {**fields, "bucket": bucket, "key": object_key}
+    covered = {"bucket"} if "bucket" not in fields else set()
+    for condition in policy["conditions"]:
+        covered |= _check_condition(condition, values, file_size)
+    extra = [
+        name
+        for name in fields
+        if name not in covered and name not in _POST_UNSIGNED_FIELDS and not name.startswith("x-ignore-")
+    ]
+    if extra:
+        raise PolicyConditionFailed(_POLICY_PREFIX + "Extra input fields: " + ", ".join(extra))
+    signer = Presigned(
+        access_key=access_key,
+        session_token=fields.get("x-amz-security-token"),
+        region=region,
+        service=service,
+        expires_at=_policy_time(policy["expiration"]),
+        signed_at=datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp(),
+    )
+    return PostUpload(signer=signer, bucket=bucket, key=object_key, size=file_size)
+
+
+def _form(content_type: str, body: bytes) -> tuple[dict[str, str], str | None, int | None]:
+    """The form's fields (names lower-cased: S3 matches them case-insensitively), the file's
+    name and its size (None without a file part)."""
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "CONTENT_TYPE": content_type,
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    _, form, files = parse_form_data(environ, max_form_memory_size=None)
+    fields = {name.lower(): str(value) for name, value in form.items()}
+    uploaded = files.getlist("file")
+    if len(uploaded) != 1:
+        return fields, None, None
+    stream = uploaded[0].stream
+    stream.seek(0, 2)
+    return fields, uploaded[0].filename, stream.tell()
+
+
+def _policy(policy_b64: str) -> dict[str, Any]:
+    try:
+        policy = json.loads(base64.b64decode(policy_b64, validate=True))
+    except ValueError as err:
+        raise InvalidPolicyDocument("Invalid Policy: Invalid JSON.") from err
+    if not isinstance(policy, dict) or "expiration" not in policy:
+        raise InvalidPolicyDocument("Invalid Policy: Policy missing expiration.")
+    if not isinstance(policy.get("conditions"), list):
+        raise InvalidPolicyDocument("Invalid Policy: Policy missing conditions.")
+    return policy
+
+
+def _policy_time(value: Any) -> float:
+    """The policy's expiration, ISO 8601 in UTC (boto3 writes ``2026-11-30T12:00:00Z``)."""
+    text = str(value)
+    for pattern in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, pattern).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    raise InvalidPolicyDocument(f"Invalid Policy: Invalid 'expiration' value: '{text}'")
+
+
+def _check_condition(condition: Any, values: Mapping[str, str], size: int) -> set[str]:
+    """Check one condition; the form fields it covers. An object ``{"name": "value"}`` is an exact
+    match, as ``["eq", "$name", "value"]``."""
+    if isinstance(condition, dict) and len(condition) == 1:
+        ((name, expected),) = condition.items()
+        condition = ["eq", f"${name}", expected]
+    shown = json.dumps(condition)
+    failed = PolicyConditionFailed(_POLICY_PREFIX + "Policy Condition failed: " + shown)
+    if not isinstance(condition, list) or len(condition) != 3:
+        raise failed
+    op, first, second = condition
+    if str(op).lower() == "content-length-range":
+        low, high = int(first), int(second)
+        if size > high:
+            raise EntityTooLarge(
+                "Your proposed upload exceeds the maximum allowed size",
+                ProposedSize=str(size),
+                MaxSizeAllowed=str(high),
+            )
+        if size < low:
+            raise EntityTooSmall(
+                "Your proposed upload is smaller than the minimum allowed size",
+                ProposedSize=str(size),
+                MinSizeAllowed=str(low),
+            )
+        return set()
+    if not (isinstance(first, str) and first.startswith("$")):
+        raise failed
+    name = first[1:].lower()
+    value = values.get(name)
+    if value is None:
+        raise failed
+    if str(op).lower() == "eq":
+        ok = value == str(second)
+    elif str(op).lower() == "starts-with":
+        ok = value.startswith(str(second))
+    else:
+        raise failed
+    if not ok:
+        raise failed
+    return {name}

@@ -6,6 +6,8 @@
     python -m scripts.models promote VERSION ...             the same as rollback, for a newer version
     python -m scripts.models pin [--reason R] [--version V]  stop automatic promotions
     python -m scripts.models unpin [--reason R]              let the gate promote again
+    python -m scripts.models import FILE [--format csv|jsonl] [--api URL] [--poll S]
+                                                             bulk import a file of samples
 
 The run list shows each version's live accuracy next to its holdout accuracy: how it did on the
 labelled samples that arrived while it was latest, with its 95 % interval and count.
@@ -14,6 +16,13 @@ Against AWS it reads MODEL_TABLE, MODEL_BUCKET and NOTIFY_TOPIC_ARN (optional) f
 environment and uses your AWS credentials. ``--local`` targets the running local cloud instead:
 the AWS endpoint comes from .localcloud/endpoints.json and the names from infra/serverless.yml.
 Changes are recorded with the actor ``cli:$USER`` and announced like the API's.
+
+``import`` goes through the HTTP API instead (``POST /imports``, the presigned S3 POST, then
+``GET /imports/{id}`` until the import ends): ``--api URL``, else ``$API_URL``, else the running
+local cloud's API from .localcloud/endpoints.json. The file is streamed, never read whole. Exit
+status: 0 when the import is done, 1 when it failed (or the upload was refused), 2 on a usage
+error (no such file, an empty one, an extension that is neither .csv nor .jsonl without
+``--format``, no API to talk to).
 """
 
 from __future__ import annotations
@@ -22,8 +31,15 @@ import argparse
 import getpass
 import json
 import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TextIO
+
+import requests
+from urllib3.fields import RequestField
 
 from lambdas import promote as ops
 from lambdas.core import live, registry, settings
@@ -165,11 +181,19 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, parents=[common], help=f"{name} latest")
         cmd.add_argument("--reason", default=f"{name}ned from the command line")
         cmd.add_argument("--version", help="refuse unless this is latest")
+    imp = sub.add_parser("import", parents=[common], help="bulk import a CSV or JSON Lines file of samples")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--format", choices=IMPORT_FORMATS, help="default: from the extension (.csv, .jsonl)")
+    imp.add_argument("--api", help="the API's base URL (default: $API_URL, else the running local cloud)")
+    imp.add_argument("--poll", type=float, default=1.0, help="seconds between status reads (default 1)")
+    imp.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds (0: never)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "import":
+        return run_import(args)
     if getattr(args, "local", False):
         use_local_cloud()
     try:
@@ -219,6 +243,257 @@ def _run(args: argparse.Namespace) -> int:
     pinned = "  pinned: automatic promotions are off" if pointer and pointer.get("pinned") else ""
     print(f"\nlatest: {latest or 'none'}  (* marks it){pinned}")
     return 0
+
+
+# --- import: a file through POST /imports and its presigned S3 POST ------------------------------
+
+IMPORT_FORMATS = ("csv", "jsonl")
+EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+CHUNK = 1 << 20  # bytes of the file read at a time
+REJECTIONS_SHOWN = 20
+FINAL = ("done", "failed")
+
+
+class UsageError(Exception):
+    """The command line cannot be carried out as given (exit status 2)."""
+
+
+class ImportFailed(Exception):
+    """The API or S3 refused, or the import did not end in time (exit status 1)."""
+
+
+class MultipartFile:
+    """A multipart/form-data body of known length, read a piece at a time: the form fields, the
+    file part's header, the file in chunks of at most ``chunk`` bytes, the closing boundary.
+
+    S3's POST needs a Content-Length (without one: 411 MissingContentLength, "You must provide
+    the Content-Length HTTP header": Amazon S3 API Reference, "Error responses"; seen in
+    aws/aws-sdk-cpp#3411), so ``requests`` must see the length: it takes ``len()`` of a body
+    that has one (requests.utils.super_len; a chunked Transfer-Encoding otherwise) and sends it
+    with ``read(blocksize)``. Parts are rendered by urllib3's ``RequestField``, as ``requests``
+    renders its ``files=`` bodies, so the bytes are those of
+    ``requests.post(url, data=fields, files={"file": (filename, fp)})`` without the file held in
+    memory. The file part comes last: S3 ignores the fields after it.
+    """
+
+    def __init__(
+        self,
+        fields: Mapping[str, str],
+        filename: str,
+        fp: IO[bytes],
+        size: int,
+        *,
+        field: str = "file",
+        boundary: str | None = None,
+        chunk: int = CHUNK,
+    ) -> None:
+        self.boundary = boundary or secrets.token_hex(16)
+        head = b"".join(self._part(RequestField.from_tuples(name, value)) for name, value in fields.items())
+        file_part = RequestField(name=field, data=b"", filename=filename)
+        file_part.make_multipart()
+        self._head = head + self._part(file_part, data=False)
+        self._tail = f"\r\n--{self.boundary}--\r\n".encode("latin-1")
+        self._fp, self._size, self._chunk = fp, size, chunk
+        self._pieces = self._generate()
+        self._buffer = b""
+        self.sent = 0  # bytes of the body handed out so far
+
+    def _part(self, part: RequestField, *, data: bool = True) -> bytes:
+        out = f"--{self.boundary}\r\n".encode("latin-1") + part.render_headers().encode("utf-8")
+        if data:
+            value = part.data
+            out += (value.encode("utf-8") if isinstance(value, str) else bytes(value)) + b"\r\n"  # type: ignore[arg-type]
+        return out
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return len(self._head) + self._size + len(self._tail)
+
+    def _generate(self) -> Iterator[bytes]:
+        yield self._head
+        left = self._size
+        while left:
+            piece = self._fp.read(min(self._chunk, left))
+            if not piece:
+                raise OSError(f"the file shrank while it was sent: {left:,} bytes short")
+            left -= len(piece)
+            yield piece
+        if self._fp.read(1):
+            raise OSError("the file grew while it was sent")
+        yield self._tail
+
+    def read(self, size: int = -1) -> bytes:
+        """At most ``size`` bytes (at most one chunk when ``size`` is negative); b"" at the end."""
+        size = self._chunk if size is None or size < 0 else size
+        while len(self._buffer) < size:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._buffer += piece
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        self.sent += len(out)
+        return out
+
+    def __iter__(self) -> Iterator[bytes]:
+        while piece := self.read(self._chunk):
+            yield piece
+
+
+def import_format(path: Path, given: str | None) -> str:
+    if given:
+        return given
+    fmt = EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(
+            f"cannot tell the format of {path.name!r} from its extension: use --format csv|jsonl"
+        )
+    return fmt
+
+
+def api_base(given: str | None, endpoints: Path = ENDPOINTS) -> str:
+    """--api, else $API_URL, else the running local cloud's API (.localcloud/endpoints.json)."""
+    url = given or os.environ.get("API_URL")
+    if not url and endpoints.is_file():
+        url = json.loads(endpoints.read_text()).get("api")
+    if not url:
+        raise UsageError(
+            f"no API: pass --api URL, set API_URL, or start the local cloud ({endpoints} not found)"
+        )
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"the API must be an http(s) URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def run_import(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        path: Path = args.file
+        if not path.is_file():
+            raise UsageError(f"no such file: {path}")
+        size = path.stat().st_size
+        if size == 0:
+            raise UsageError(f"{path} is empty: nothing to import")
+        fmt = import_format(path, args.format)
+        api = api_base(args.api, Path(ENDPOINTS))
+        if args.poll <= 0:
+            raise UsageError("--poll must be a positive number of seconds")
+    except UsageError as problem:
+        print(f"error: {problem}", file=err)
+        return 2
+    try:
+        return _import(api, path, fmt, size, args, out, err)
+    except ImportFailed as failure:
+        print(f"error: {failure}", file=err)
+        return 1
+    except requests.RequestException as failure:
+        print(f"error: {failure}", file=err)
+        return 1
+
+
+def _import(
+    api: str, path: Path, fmt: str, size: int, args: argparse.Namespace, out: TextIO, err: TextIO
+) -> int:
+    reply = requests.post(f"{api}/imports", json={"format": fmt, "filename": path.name}, timeout=30)
+    if reply.status_code != 201:
+        raise ImportFailed(f"POST /imports answered {reply.status_code}: {reply.text[:500]}")
+    created = reply.json()
+    import_id = created["import_id"]
+    print(f"import {import_id}: uploading {path.name} ({size:,} bytes, {fmt})", file=err)
+    upload(created["upload"], path, size)
+    status = follow(created["status_url"], args.poll, args.timeout, err)
+    print(summary(status), file=out)
+    return 0 if status["status"] == "done" else 1
+
+
+def upload(form: Mapping[str, Any], path: Path, size: int, *, chunk: int = CHUNK) -> None:
+    """POST the file to the presigned form, streamed; ImportFailed with S3's answer if refused."""
+    with path.open("rb") as fp:
+        body = MultipartFile(form["fields"], path.name, fp, size, chunk=chunk)
+        reply = requests.post(
+            form["url"], data=body, headers={"Content-Type": body.content_type}, timeout=(10, 300)
+        )
+    if reply.status_code not in (200, 201, 204):
+        raise ImportFailed(f"the upload was refused ({reply.status_code}): {s3_error(reply.text)}")
+
+
+def s3_error(text: str) -> str:
+    """``Code: Message`` of S3's XML error document, else the start of the text."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        return text[:300]
+    return f"{root.findtext('Code') or '?'}: {root.findtext('Message') or ''}".strip()
+
+
+def follow(status_url: str, poll: float, timeout: float, err: TextIO) -> dict[str, Any]:
+    """GET the status until it is final, showing progress on ``err``."""
+    tty = err.isatty()
+    started = time.monotonic()
+    while True:
+        reply = requests.get(status_url, timeout=30)
+        if reply.status_code != 200:
+            raise ImportFailed(f"GET {status_url} answered {reply.status_code}: {reply.text[:300]}")
+        status = reply.json()
+        line = progress_line(status)
+        if tty:
+            err.write("\r" + progress_bar(status) + " " + line + "\x1b[K")
+            err.flush()
+        else:
+            print(line, file=err)
+        if status.get("status") in FINAL:
+            if tty:
+                err.write("\n")
+            return status
+        if timeout and time.monotonic() - started > timeout:
+            if tty:
+                err.write("\n")
+            raise ImportFailed(f"gave up after {timeout:g} s; the import goes on: {status_url}")
+        time.sleep(poll)
+
+
+def progress_bar(status: Mapping[str, Any], width: int = 30) -> str:
+    fraction = status.get("progress")
+    if status.get("status") == "done":
+        fraction = 1.0
+    if fraction is None:
+        return "[" + "." * width + "]    -"
+    filled = round(min(1.0, max(0.0, float(fraction))) * width)
+    return "[" + "#" * filled + "." * (width - filled) + f"] {float(fraction):4.0%}"
+
+
+def progress_line(status: Mapping[str, Any]) -> str:
+    fraction = status.get("progress")
+    percent = "-" if fraction is None else f"{float(fraction):.0%}"
+    return (
+        f"{status.get('status')}: {int(status.get('rows_read') or 0):,} rows read, {percent} of the bytes; "
+        f"written {int(status.get('written') or 0):,}, duplicates {int(status.get('duplicates') or 0):,}, "
+        f"rejected {int(status.get('rejected') or 0):,}"
+    )
+
+
+def summary(status: Mapping[str, Any]) -> str:
+    count = lambda name: f"{int(status.get(name) or 0):,}"  # noqa: E731
+    lines = [
+        f"import {status.get('import_id')} {status.get('status')}: {count('rows_read')} rows read, "
+        f"{count('written')} written, {count('duplicates')} duplicates, {count('rejected')} rejected"
+    ]
+    if status.get("status") == "failed":
+        lines.append(f"failed: {(status.get('error') or {}).get('reason', 'no reason given')}")
+    rejections = status.get("rejections") or []
+    if rejections:
+        more = int(status.get("rejected") or 0) - len(rejections[:REJECTIONS_SHOWN])
+        lines.append("first rejected rows:")
+        for r in rejections[:REJECTIONS_SHOWN]:
+            lines.append(f"  line {r.get('line')}: {r.get('field') or '-'}: {r.get('reason')}")
+        if more > 0:
+            lines.append(f"  ... and {more:,} more")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ from lambdas.core.registry import to_item
 from lambdas.core.samples import Sample, item_keys, parse_samples
 
 BATCH_SIZE = 25  # the BatchWriteItem limit
-SOURCES = ("api", "traffic")
+SOURCES = ("api", "traffic", "import")
+# What a client may name in POST /upload's X-Sample-Source: "import" is the importer's alone
+# (its items carry their import's id and line, and the score function skips them).
+CLIENT_SOURCES = ("api", "traffic")
 RETRYABLE_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
@@ -97,13 +100,24 @@ def check_size(body_bytes: int, limit: int) -> None:
 
 
 def to_items(
-    samples: Sequence[Sample], keys: Sequence[str], *, ingested_ms: int, source: str
+    samples: Sequence[Sample],
+    keys: Sequence[str],
+    *,
+    ingested_ms: int,
+    source: str,
+    import_id: str | None = None,
+    lines: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """DynamoDB items of the data table (see lambdas/README.md for the attributes)."""
+    """DynamoDB items of the data table (see lambdas/README.md for the attributes).
+
+    Items of source ``import`` also name their import (``import_id``) and the line of the file
+    each came from (``import_line``), and only they do."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if (source == "import") != (import_id is not None) or (import_id is not None) != (lines is not None):
+        raise ValueError("import_id and lines are given for, and only for, source 'import'")
     items = []
-    for key, sample in zip(keys, samples, strict=True):
+    for n, (key, sample) in enumerate(zip(keys, samples, strict=True)):
         record: dict[str, Any] = {
             "id": key,
             # Rounding keeps DynamoDB's number range (no 1e-200 underflow) and loses nothing real.
@@ -117,6 +131,8 @@ def to_items(
             "score": None if sample.score is None else round(sample.score, 9),
             "client_id": sample.client_id,
             "source": source,
+            "import_id": import_id,
+            "import_line": None if lines is None else lines[n],
         }
         items.append(to_item(record))
     return items

@@ -33,6 +33,15 @@ atomically:
   second run. It judged one serving version (its ``version``): when it would start a run and
   that version is no longer latest (a person promoted or rolled back, another run published), it
   is dropped instead (``outdated``); the new latest is judged afresh on its own window.
+- ``holds``: bulk imports in progress (``{import_id: until_ms}``), written by the importer
+  through ``LockStore.set_holds`` (``hold`` when it takes an import, so at every part, until
+  the end of its lease; ``unhold`` when the import is done or failed). While any hold is
+  unexpired no run starts (``why_not_launch``: "import <id> in progress"): an import's rows
+  reach the data table's stream over minutes, and one run on all of them is worth more than a run on its first
+  ``MIN_NEW_SAMPLES``. The rows still count as pending; once the last hold is gone the train
+  function's schedule (``due``) launches one run. A hold past ``until_ms`` (its importer died
+  and nothing resumed it) is ignored, so a dead import cannot block training for longer than
+  one lease of the importer.
 - ``rev``: incremented by every write; a write succeeds only if ``rev`` is still the one read
   (optimistic concurrency), so concurrent batches serialise on this item.
 
@@ -79,6 +88,7 @@ class LockState:
     retry_at: float = 0.0
     retry_from_ms: int = 0
     request: dict[str, Any] | None = None  # see ``wanted``
+    holds: tuple[tuple[str, int], ...] = ()  # (import id, until epoch ms), sorted by id
     rev: int = 0
 
     def held(self, now: float) -> bool:
@@ -86,6 +96,11 @@ class LockState:
 
     def expired(self, now: float) -> bool:
         return self.holder is not None and self.expires_at <= now
+
+    def live_hold(self, now: float) -> str | None:
+        """The import (id) holding back launches at ``now`` (epoch s), if any."""
+        now_ms = now * 1000
+        return next((import_id for import_id, until_ms in self.holds if until_ms > now_ms), None)
 
     @property
     def pending(self) -> int:
@@ -195,6 +210,9 @@ def why_not_launch(state: LockState, now: float, *, min_new: int, min_interval_s
     """None when a run may start now, else the reason it may not."""
     if state.held(now):
         return f"run {state.holder} in flight"
+    importing = state.live_hold(now)
+    if importing is not None:
+        return f"import {importing} in progress"
     if state.pending < min_new and state.wanted is None:
         return f"{state.pending} new samples pending, {min_new} needed"
     if now - state.last_launch_at < min_interval_s:
@@ -314,6 +332,21 @@ def _failed(state: LockState, launch_ms: int, now: float, policy: RetryPolicy) -
     ), retry
 
 
+def hold(state: LockState, import_id: str, until_ms: int, now: float) -> LockState:
+    """Set (or move) the hold of ``import_id``; expired holds of other imports are dropped."""
+    kept = {i: ms for i, ms in state.holds if ms > now * 1000 and i != import_id}
+    kept[import_id] = until_ms
+    return dataclasses.replace(state, holds=tuple(sorted(kept.items())))
+
+
+def unhold(state: LockState, import_id: str, now: float) -> LockState:
+    """Remove the hold of ``import_id`` (and expired ones); no hold of it changes nothing."""
+    kept = tuple((i, ms) for i, ms in state.holds if ms > now * 1000 and i != import_id)
+    if not any(i == import_id for i, _ in state.holds):
+        return state
+    return dataclasses.replace(state, holds=kept)
+
+
 def with_instance(state: LockState, version: str, instance_id: str) -> LockState:
     if state.holder != version:
         return state
@@ -352,6 +385,7 @@ class LockStore:
             retry_at=float(data.get("retry_at", 0)),
             retry_from_ms=int(data.get("retry_from_ms", 0)),
             request=data.get("request"),
+            holds=tuple(sorted((str(i), int(ms)) for i, ms in (data.get("holds") or {}).items())),
             rev=int(data.get("rev", 0)),
         )
 
@@ -361,6 +395,7 @@ class LockStore:
         del record["pending_samples"]
         record["pending_ids"] = list(new.pending_ids)
         record["pending_ms"] = [ms for _, ms in new.pending_samples]
+        record["holds"] = dict(new.holds) or None
         record["pk"] = LOCK_PK
         kwargs: dict[str, Any] = {"TableName": self.table, "Item": to_item(record)}
         if old.rev == 0:
@@ -403,6 +438,43 @@ class LockStore:
                 return False
             raise
         return True
+
+    def set_holds(self, step: Callable[[LockState], LockState]) -> LockState:
+        """Apply ``step`` (``hold`` or ``unhold`` with its arguments bound) to the ``holds`` of
+        the item, with the same optimistic concurrency as ``write`` (read, change, write only
+        if ``rev`` is unchanged, else read again) but as an UpdateItem of ``holds`` and ``rev``
+        alone: the importer's role may update the lock item, not replace it. Returns the
+        state stored."""
+        for _ in range(self.attempts):
+            old = self.read()
+            new = step(old)
+            if new.holds == old.holds:
+                return old
+            update: dict[str, Any] = {
+                "TableName": self.table,
+                "Key": {"pk": {"S": LOCK_PK}},
+                "ExpressionAttributeNames": {"#rev": "rev", "#holds": "holds"},
+                "ExpressionAttributeValues": {":one": {"N": "1"}},
+            }
+            if new.holds:
+                update["UpdateExpression"] = "SET #holds = :holds ADD #rev :one"
+                update["ExpressionAttributeValues"][":holds"] = to_item({"h": dict(new.holds)})["h"]
+            else:
+                update["UpdateExpression"] = "REMOVE #holds ADD #rev :one"
+            if old.rev == 0:
+                update["ConditionExpression"] = "attribute_not_exists(pk)"
+            else:
+                update["ConditionExpression"] = "#rev = :rev"
+                update["ExpressionAttributeValues"][":rev"] = {"N": str(old.rev)}
+            try:
+                self.ddb.update_item(**update)
+            except ClientError as err:
+                if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                log.log("lock_contended", rev=old.rev)
+                continue
+            return dataclasses.replace(new, rev=old.rev + 1)
+        raise Unavailable("the training lock is contended; retry the import")
 
     def transact(self, step: Callable[[LockState], tuple[LockState, T]]) -> tuple[LockState, LockState, T]:
         """Apply the pure ``step`` to the current state until it is stored without a race.

@@ -292,6 +292,17 @@ def request_digest(samples: list[Sample]) -> str:
     return _sha256(_canonical_json([s.canonical() for s in samples]))
 
 
+def _key(sample: Sample, origin: str) -> str:
+    """``"s-" + sha256(...)`` of a sample: its id and content when it has an id (wherever it
+    came from), else its content and ``origin`` (where in which request or file it was sent)."""
+    content = _canonical_json(sample.canonical())
+    if sample.client_id is not None:
+        basis = f"id\x00{sample.client_id}\x00{content}"
+    else:
+        basis = f"{origin}\x00{content}"
+    return KEY_PREFIX + _sha256(basis)
+
+
 def item_keys(samples: list[Sample]) -> list[str]:
     """The data table key of each sample: ``"s-" + sha256(...)``.
 
@@ -302,12 +313,15 @@ def item_keys(samples: list[Sample]) -> list[str]:
     two observations, and two different requests never share a key.
     """
     digest = request_digest(samples)
-    keys = []
-    for index, sample in enumerate(samples):
-        content = _canonical_json(sample.canonical())
-        if sample.client_id is not None:
-            basis = f"id\x00{sample.client_id}\x00{content}"
-        else:
-            basis = f"request\x00{digest}\x00{index}\x00{content}"
-        keys.append(KEY_PREFIX + _sha256(basis))
-    return keys
+    return [_key(sample, f"request\x00{digest}\x00{index}") for index, sample in enumerate(samples)]
+
+
+def import_key(sample: Sample, *, digest: str, line: int) -> str:
+    """The data table key of a sample read from line ``line`` of an imported file whose bytes
+    hash to ``digest`` (sha256 hex): ``item_keys``' scheme with the file in place of the request.
+
+    With an ``id`` it is the key ``POST /upload`` gives the same sample. Without one it covers
+    the content, the file's digest and the line: importing the same file again writes the same
+    keys (nothing new), identical rows on two lines are two observations, and two different
+    files never share a key."""
+    return _key(sample, f"import\x00{digest}\x00{line}")

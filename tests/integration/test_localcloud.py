@@ -311,8 +311,10 @@ def test_localcloud_fires_the_traffic_schedule_and_samples_keep_arriving(
     make_cloud: Callable[..., LocalCloud],
 ) -> None:
     cloud = make_cloud(schedule_overrides={"traffic": {"rate": "rate(1 second)"}})
-    # the traffic schedule, and the train function's retry tick (lambdas/train.py)
-    assert sorted(s.function for s in cloud.scheduler.items) == ["traffic", "train"]  # type: ignore[union-attr]
+    # the traffic schedule, the train function's retry tick (lambdas/train.py) and the importer's
+    # resume tick (lambdas/importer.py)
+    scheduled = sorted(s.function for s in cloud.scheduler.items)  # type: ignore[union-attr]
+    assert scheduled == ["importer", "traffic", "train"]
     assert _wait_for(lambda: _count(cloud) > 0), "no traffic arrived"
     first = _count(cloud)
     assert _wait_for(lambda: _count(cloud) > first), "traffic stopped after the first firing"
@@ -322,12 +324,17 @@ def test_localcloud_fires_the_traffic_schedule_and_samples_keep_arriving(
 
 def test_scheduler_applies_the_local_overrides_of_serverless_yml() -> None:
     stack = infra.load(stage="local")
-    # as deployed: traffic disabled; the train function's retry tick every minute
-    assert [(s.function, s.expression) for s in schedules(stack)] == [("train", "rate(1 minute)")]
+    # as deployed: traffic disabled; the train function's retry tick and the importer's resume
+    # tick every minute
+    assert sorted((s.function, s.expression) for s in schedules(stack)) == [
+        ("importer", "rate(1 minute)"),
+        ("train", "rate(1 minute)"),
+    ]
     local = {s.function: s for s in schedules(stack, stack.custom["localCloud"]["schedules"])}
     assert local["traffic"].name == "autoretrain-local-traffic"
     assert rate_seconds(local["traffic"].expression) == 5
     assert rate_seconds(local["train"].expression) == 2
+    assert rate_seconds(local["importer"].expression) == 2
 
 
 @pytest.mark.parametrize(
@@ -421,7 +428,7 @@ def test_localcloud_starts_the_drivers_after_the_core_and_stops_them_all(tmp_pat
     assert cloud.context.api_url == cloud.api_url
     cloud.stop()
 
-    assert set(names) == {"streams", "instances", "alarms", "notifications"}
+    assert set(names) == {"streams", "instances", "alarms", "notifications", "s3events"}
     assert set(threading.enumerate()) == threads_before
 
 

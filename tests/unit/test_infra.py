@@ -31,9 +31,80 @@ def test_infra_keeps_the_type_of_whole_value_references() -> None:
 def test_infra_creates_every_declared_table_with_its_stream(dynamodb, stack: infra.Stack) -> None:
     declared = stack.resources_of_type("AWS::DynamoDB::Table")
     assert set(declared) <= set(stack.physical)
-    for logical in declared:
+    for logical, spec in declared.items():
         table = dynamodb.describe_table(TableName=stack.physical[logical])["Table"]
-        assert table["StreamSpecification"]["StreamEnabled"] is True
+        streamed = "StreamSpecification" in spec["Properties"]
+        assert table.get("StreamSpecification", {}).get("StreamEnabled", False) is streamed, logical
+
+
+def test_infra_creates_the_import_table_with_its_index_and_ttl(dynamodb, stack: infra.Stack) -> None:
+    name = stack.physical["ImportTable"]
+    table = dynamodb.describe_table(TableName=name)["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "import_id", "KeyType": "HASH"}]
+    assert "StreamSpecification" not in table
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "by-status"
+    assert index["KeySchema"] == [
+        {"AttributeName": "status", "KeyType": "HASH"},
+        {"AttributeName": "updated_at", "KeyType": "RANGE"},
+    ]
+    assert index["Projection"] == {"ProjectionType": "ALL"}
+    ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
+
+
+def test_infra_creates_the_import_bucket_private_with_cors_for_posts_and_expiry(
+    s3, stack: infra.Stack
+) -> None:
+    name = stack.physical["ImportBucket"]
+    assert name == f"autoretrain-test-imports-{stack.account}"
+    assert s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "IgnorePublicAcls": True,
+        "BlockPublicPolicy": True,
+        "RestrictPublicBuckets": True,
+    }
+    (rule,) = s3.get_bucket_cors(Bucket=name)["CORSRules"]
+    assert rule["AllowedMethods"] == ["POST"]
+    encryption = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]
+    assert encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    (expiry,) = s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]
+    assert expiry["Filter"] == {"Prefix": "imports/"}
+    assert expiry["Expiration"] == {"Days": int(stack.custom["importExpiryDays"])}
+    # The model bucket keeps its files by default (modelExpiryDays 0): no lifecycle rule.
+    assert stack.custom["modelExpiryDays"] == 0
+    assert "Rules" not in _lifecycle_or_empty(s3, stack.physical["ModelBucket"])
+
+
+def _lifecycle_or_empty(s3: Any, bucket: str) -> dict[str, Any]:
+    try:
+        return dict(s3.get_bucket_lifecycle_configuration(Bucket=bucket))
+    except s3.exceptions.ClientError:
+        return {}
+
+
+def test_infra_import_notification_has_no_circular_dependency() -> None:
+    """The bucket waits for ImporterS3Permission, which names the bucket by its known name (a
+    Ref would be a cycle), and the importer and its role name it by that string too."""
+    raw = serverless.load_raw()
+    resources = raw["resources"]["Resources"]
+    bucket = resources["ImportBucket"]
+    assert bucket["DependsOn"] == "ImporterS3Permission"
+    (target,) = bucket["Properties"]["NotificationConfiguration"]["LambdaConfigurations"]
+    assert target["Function"] == {"Fn::GetAtt": ["ImporterLambdaFunction", "Arn"]}
+    permission = resources["ImporterS3Permission"]["Properties"]
+    assert permission["Principal"] == "s3.amazonaws.com"
+    assert "ImportBucket" not in str(permission)
+
+    def names_bucket(node: Any) -> bool:
+        return "'ImportBucket'" in repr(node) or "${ImportBucket" in repr(node)
+
+    importer = raw["functions"].get("importer")
+    if importer is not None:
+        assert not names_bucket(importer), "the importer must name the bucket by custom.importBucket"
+        role = importer.get("role")
+        if isinstance(role, str) and role in resources:
+            assert not names_bucket(resources[role]), f"{role} must name the bucket by custom.importBucket"
 
 
 def test_infra_leaves_cloudformation_substitutions_to_cloudformation() -> None:

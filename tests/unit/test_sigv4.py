@@ -484,3 +484,86 @@ def test_sigv4_s3_error_xml_is_s3s_error_document() -> None:
 def test_sigv4_s3_error_xml_refuses_a_name_that_is_not_an_element() -> None:
     with pytest.raises(ValueError, match="not an XML element name"):
         sigv4.s3_error_xml("AccessDenied", "m", **{"a b": "x"})
+
+
+# --- browser POST uploads ----------------------------------------------------------------------
+
+
+def _post_form(
+    fields: dict[str, str], content: bytes | None, filename: str = "history.csv"
+) -> tuple[str, bytes]:
+    """A multipart/form-data body as a browser sends it: the fields, then the file (if any)."""
+    boundary = "----localcloudtestboundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    if content is not None:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: text/csv\r\n\r\n".encode()
+            + content
+            + b"\r\n"
+        )
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def _presigned_post(key: str, conditions: list[Any], expires: int = 60) -> dict[str, Any]:
+    client = boto3.client(
+        "s3",
+        endpoint_url=ENDPOINT,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET,
+        config=Config(signature_version="s3v4"),
+    )
+    return client.generate_presigned_post(BUCKET, key, Conditions=conditions, ExpiresIn=expires)
+
+
+def _verify_post(fields: dict[str, str], content: bytes | None, **kwargs: Any) -> sigv4.PostUpload:
+    content_type, body = _post_form(fields, content, **kwargs)
+    return sigv4.verify_post(
+        raw_path=f"/{BUCKET}", content_type=content_type, body=body, secret_for=SECRETS.get
+    )
+
+
+def test_post_upload_within_the_policy_passes_with_its_signer_and_size() -> None:
+    upload = _presigned_post("imports/${filename}", [["starts-with", "$key", "imports/"]])
+    got = _verify_post(upload["fields"], b"abc", filename="a.csv")
+    assert (got.bucket, got.key, got.size) == (BUCKET, "imports/a.csv", 3)
+    assert got.signer.access_key == ACCESS_KEY and got.signer.region == "us-east-1"
+
+
+def test_post_upload_field_names_match_conditions_case_insensitively() -> None:
+    upload = _presigned_post("imports/x.csv", [["eq", "$Content-Type", "text/csv"]])
+    _verify_post({**upload["fields"], "content-type": "text/csv"}, b"a")
+    with pytest.raises(sigv4.PolicyConditionFailed, match=r'\["eq", "\$Content-Type", "text/csv"\]'):
+        _verify_post({**upload["fields"], "Content-Type": "text/plain"}, b"a")
+
+
+def test_post_upload_bucket_condition_is_checked_against_the_url() -> None:
+    upload = _presigned_post("imports/x.csv", [])
+    content_type, body = _post_form(upload["fields"], b"a")
+    with pytest.raises(sigv4.PolicyConditionFailed, match=r'\["eq", "\$bucket", "models-bucket"\]'):
+        sigv4.verify_post(
+            raw_path="/other-bucket", content_type=content_type, body=body, secret_for=SECRETS.get
+        )
+
+
+def test_post_upload_without_a_file_or_a_key_is_refused() -> None:
+    upload = _presigned_post("imports/x.csv", [])
+    with pytest.raises(sigv4.InvalidPostArgument, match="exactly one file"):
+        _verify_post(upload["fields"], None)
+    without_key = {k: v for k, v in upload["fields"].items() if k != "key"}
+    with pytest.raises(sigv4.InvalidPostArgument, match="'key'"):
+        _verify_post(without_key, b"a")
+
+
+def test_post_upload_by_an_unknown_key_is_refused() -> None:
+    upload = _presigned_post("imports/x.csv", [])
+    fields = {
+        **upload["fields"],
+        "x-amz-credential": upload["fields"]["x-amz-credential"].replace(ACCESS_KEY, "AKIDNOBODY"),
+    }
+    with pytest.raises(sigv4.InvalidAccessKeyId):
+        _verify_post(fields, b"a")
