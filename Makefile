@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh bench-cold bench-score bench-drift models web lock clean
+.PHONY: help install test test-fast lint demo local bench bench-load bench-train bench-fresh bench-cold bench-score bench-drift bench-import models web lock clean
 
 help:
 	@echo "make demo   - run the whole retraining loop on the local cloud, then stop"
@@ -30,6 +30,7 @@ help:
 	@echo "make image IMAGE=traffic - build the traffic function's image (without docker: build/traffic-image)"
 	@echo "make bench-score - live scoring: the score function's time per record, first delivery and replay"
 	@echo "make bench-drift - the drift scenario's figures: detection delay, false triggers, live accuracy"
+	@echo "make bench-import - a 100,000-row bulk import against POST /upload: rows/s, memory, time to done"
 	@echo "make lint   - ruff and mypy"
 	@echo "make models - print the model table of the running local cloud (or AWS)"
 	@echo "make web    - build/web: the page as static files (API=https://... names the API)"
@@ -93,6 +94,9 @@ bench-score: install
 
 bench-drift: install
 	$(PY) -m scripts.bench_drift $(ARGS)
+
+bench-import: install
+	$(PY) -m scripts.bench_import $(ARGS)
 
 models: $(STAMP)
 	$(PY) -m scripts.models

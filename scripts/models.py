@@ -478,7 +478,9 @@ def progress_line(status: Mapping[str, Any]) -> str:
 
 
 def summary(status: Mapping[str, Any]) -> str:
-    count = lambda name: f"{int(status.get(name) or 0):,}"  # noqa: E731
+    def count(name: str) -> str:
+        return f"{int(status.get(name) or 0):,}"
+
     lines = [
         f"import {status.get('import_id')} {status.get('status')}: {count('rows_read')} rows read, "
         f"{count('written')} written, {count('duplicates')} duplicates, {count('rejected')} rejected"
