@@ -12,12 +12,25 @@ S3 event, the resume schedule) never both count:
   read of the object is ``IfMatch`` its ETag: an object replaced under a running import (a
   second POST to the same presigned form) fails the import instead of mixing two files.
 - Parts: ``GetObject(Range="bytes=<cursor>-")`` read incrementally (line by line, a csv reader
-  over those lines), rows in batches of ``BATCH_ROWS``. A batch: validate each row
-  (``samples.parse_sample``: the ``/upload`` rules), BatchGetItem its keys (consistent), write
-  the absent ones (``ingest.write_items``), then one conditional checkpoint of the cursor and
-  the counts. A key present with this import's id and this row's line was written by this
-  import before a crash (counted as written); present otherwise it is a duplicate. A crash
-  between the write and the checkpoint therefore loses nothing and counts nothing twice.
+  over those lines), rows in batches of ``BATCH_ROWS``, through a pipeline (``Pipeline``):
+
+  1. The reading thread validates each row (``samples.parse_sample``: the ``/upload`` rules) and
+     derives its key (``prepare``). A key already in flight (a row earlier in the file whose
+     batch is not merged yet, or earlier in the same batch) is counted a duplicate there and
+     never sent: one batch after the other, its BatchGetItem would have found that row's item.
+  2. A thread pool runs the DynamoDB half of up to ``IMPORT_CONCURRENCY`` batches at once
+     (``import_batch``): BatchGetItem of the keys (consistent), then ``ingest.write_items`` of
+     the absent ones. A key present with this import's id and this row's line was written by
+     this import before a crash (counted as written); present otherwise it is a duplicate.
+  3. The reading thread merges the batches' counts, rejections and cursor into ``progress``
+     strictly in file order, so the cursor always ends a contiguous prefix of finished
+     batches and ``rejections`` keeps the first ones by line; it checkpoints (one conditional
+     UpdateItem of the cursor and the counts) at most every ``IMPORT_CHECKPOINT_S`` seconds and
+     at the end of the part. Rows written past the last checkpoint (whole batches, part of
+     one, or none) are found again on resume with this import's id and their own line, so a
+     crash at any point loses nothing and counts nothing twice.
+  4. A batch that fails stops the part: the others in flight finish, the prefix before it is
+     merged and checkpointed, nothing after it is, and its error propagates.
 - A part ends after ``IMPORT_PART_S`` seconds, ``IMPORT_PART_ROWS`` rows or when the
   invocation's remaining time falls under ``TIME_RESERVE_MS``; the lease is released
   (``until_ms`` 0) and the schedule resumes the import (``expired``, a Query of the
@@ -25,8 +38,8 @@ S3 event, the resume schedule) never both count:
 - While an import runs it holds the training lock (``lock.hold``): one retraining run after the
   import instead of one per ``MIN_NEW_SAMPLES`` of its rows.
 
-Memory is bounded by one batch and one line (a line longer than ``MAX_LINE_BYTES`` is rejected
-without being held), whatever the file's size.
+Memory is bounded by ``IMPORT_CONCURRENCY`` batches and one line (a line longer than
+``MAX_LINE_BYTES`` is rejected without being held), whatever the file's size.
 """
 
 from __future__ import annotations
@@ -40,15 +53,18 @@ import json
 import re
 import resource
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
 from lambdas.core import aws, ingest, lock, log, settings
-from lambdas.core.errors import AutoretrainError, Conflict, Unavailable, ValidationError
+from lambdas.core.errors import AutoretrainError, ConfigError, Conflict, Unavailable, ValidationError
 from lambdas.core.registry import from_item, now_iso, to_item
 from lambdas.core.samples import ALLOWED_FIELDS, Sample, import_key, parse_sample
 from lambdas.core.schema import FEATURE_NAMES
@@ -60,16 +76,22 @@ ID_PATTERN = re.compile(r"imp-[0-9a-f]{16}")
 KEY_PATTERN = re.compile(r"imports/(imp-[0-9a-f]{16})\.(csv|jsonl)")
 KEY_PREFIX = "imports/"
 
-BATCH_ROWS = 100  # rows per BatchGetItem (its limit: 100 keys) and per checkpoint
+BATCH_ROWS = 100  # rows per BatchGetItem (its limit: 100 keys)
 MAX_REJECTIONS = 20  # rejected rows listed in the status item (all are counted)
 MAX_LINE_BYTES = 64 * 1024  # a sample is ~200 bytes; a longer line is rejected, never held
 PROBE_LINES = 10  # jsonl: the file fails if its first 10 non-blank lines are all not objects
 CHUNK_BYTES = 64 * 1024  # read size of the object's body
-# Kept in hand when a part decides whether to read another batch: a batch's BatchGetItem, its
-# writes (ingest.write_items stops itself at ingest.TIME_RESERVE_S) and the checkpoint.
+# Kept in hand when a part decides whether to read another batch: the window's BatchGetItems and
+# writes, which run at once (ingest.write_items stops itself at ingest.TIME_RESERVE_S), and the
+# checkpoint.
 TIME_RESERVE_MS = 30_000
 MAX_PART_FAILURES = 5  # consecutive failed parts (no checkpoint between) that fail the import
 READ_ATTEMPTS = 6  # BatchGetItem calls per batch while DynamoDB leaves keys unprocessed
+# Each client keeps botocore's default pool of 10 connections (Config max_pool_connections; a
+# request beyond it opens a connection that is dropped after, losing keep-alive). A pool thread
+# makes one call at a time, so a window needs at most IMPORT_CONCURRENCY connections of a client,
+# plus one for the reading thread's checkpoint on the status client: 9 fill the pool exactly.
+MAX_CONCURRENCY = 9
 INTERNAL_FIELDS = ("cursor", "lease", "etag", "failures")  # not in the public status
 BOM = codecs.BOM_UTF8
 NUMERIC_FIELDS = frozenset((*FEATURE_NAMES, "created", "score"))
@@ -98,10 +120,17 @@ class ImporterSettings:
     part_rows: int = 0  # rows per invocation; 0: no cap
     lease_s: int = 960  # longer than the function's 900 s timeout: a live part never loses it
     write_attempts: int = 6  # BatchWriteItem calls per chunk of 25 (ingest.write_items)
+    concurrency: int = 4  # batches whose DynamoDB calls are in flight at once
+    checkpoint_s: float = 1.0  # seconds between checkpoints (0: after every batch)
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> ImporterSettings:
         env = settings.environ() if env is None else env
+        concurrency = settings.integer(env, "IMPORT_CONCURRENCY", cls.concurrency, minimum=1)
+        if concurrency > MAX_CONCURRENCY:
+            raise ConfigError(
+                f"environment variable IMPORT_CONCURRENCY must be <= {MAX_CONCURRENCY}, got {concurrency}"
+            )
         return cls(
             import_bucket=settings.required(env, "IMPORT_BUCKET"),
             import_table=settings.required(env, "IMPORT_TABLE"),
@@ -110,6 +139,8 @@ class ImporterSettings:
             part_s=settings.integer(env, "IMPORT_PART_S", cls.part_s, minimum=0),
             part_rows=settings.integer(env, "IMPORT_PART_ROWS", cls.part_rows, minimum=0),
             lease_s=settings.integer(env, "IMPORT_LEASE_S", cls.lease_s, minimum=1),
+            concurrency=concurrency,
+            checkpoint_s=settings.number(env, "IMPORT_CHECKPOINT_S", cls.checkpoint_s, minimum=0),
         )
 
 
@@ -600,39 +631,86 @@ def existing(job: Job, keys: Sequence[str]) -> dict[str, tuple[str | None, int |
     raise Unavailable(f"DynamoDB left keys unprocessed after {READ_ATTEMPTS} BatchGetItem calls")
 
 
-def import_batch(
-    job: Job, batch: Sequence[Row], progress: Progress, *, now_ms: int, time_left: Callable[[], float] | None
-) -> None:
-    """Validate, classify and write one batch, advancing ``progress`` (not yet checkpointed)."""
-    good: list[tuple[int, Sample]] = []
-    for row in batch:
+@dataclass(frozen=True)
+class Batch:
+    """One batch as the reading thread prepared it: what it counted itself, and the rows whose
+    keys its DynamoDB half (``import_batch``) looks up and writes if absent."""
+
+    line: int  # its first row's line
+    rows: int  # rows of the file it covers
+    end: int  # the cursor after it
+    next_line: int
+    now_ms: int
+    rejections: tuple[Rejection, ...] = ()
+    duplicates: int = 0  # rows whose key is already in flight (see ``prepare``)
+    candidates: tuple[tuple[int, Sample, str], ...] = ()  # (line, sample, key), distinct keys
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for _, _, key in self.candidates]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What ``import_batch`` counted of a batch's candidates."""
+
+    written: int = 0
+    duplicates: int = 0
+
+
+def prepare(rows: Sequence[Row], *, digest: str, now_ms: int, in_flight: AbstractSet[str]) -> Batch:
+    """The reading thread's half of a batch: validate each row and derive its key. A key in
+    ``in_flight`` (a candidate of a batch not merged yet) or earlier in this batch is a duplicate
+    of that earlier row and is not sent: processed one batch after the other, its BatchGetItem
+    would have found the earlier row's item (or the item that row duplicates) all the same."""
+    rejections: list[Rejection] = []
+    candidates: list[tuple[int, Sample, str]] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for row in rows:
         checked = check_row(row, now_ms)
         if isinstance(checked, Rejection):
-            progress.rejected += 1
-            if len(progress.rejections) < MAX_REJECTIONS:
-                progress.rejections.append(checked.to_dict())
-        else:
-            good.append((row.line, checked))
-    keys = [import_key(sample, digest=job.digest, line=line) for line, sample in good]
-    found = existing(job, keys) if keys else {}
-    new: list[tuple[int, Sample, str]] = []
-    seen: set[str] = set()
-    for (line, sample), key in zip(good, keys, strict=True):
-        if key in found:
-            if found[key] == (job.import_id, line):
-                progress.written += 1  # this import wrote it before a crash
-            else:
-                progress.duplicates += 1
-        elif key in seen:
-            progress.duplicates += 1  # the same id and content twice in the batch
+            rejections.append(checked)
+            continue
+        key = import_key(checked, digest=digest, line=row.line)
+        if key in in_flight or key in seen:
+            duplicates += 1
         else:
             seen.add(key)
+            candidates.append((row.line, checked, key))
+    return Batch(
+        line=rows[0].line,
+        rows=len(rows),
+        end=rows[-1].end,
+        next_line=rows[-1].next_line,
+        now_ms=now_ms,
+        rejections=tuple(rejections),
+        duplicates=duplicates,
+        candidates=tuple(candidates),
+    )
+
+
+def import_batch(job: Job, batch: Batch, *, time_left: Callable[[], float] | None) -> Stored:
+    """The DynamoDB half of a batch, on a pool thread: BatchGetItem its candidates' keys, write
+    the absent ones. A key present with this import's id and the row's own line was written by
+    this import before a crash (counted as written); present otherwise, a duplicate."""
+    if not batch.candidates:
+        return Stored()
+    found = existing(job, batch.keys)
+    written = duplicates = 0
+    new: list[tuple[int, Sample, str]] = []
+    for line, sample, key in batch.candidates:
+        if key not in found:
             new.append((line, sample, key))
+        elif found[key] == (job.import_id, line):
+            written += 1
+        else:
+            duplicates += 1
     if new:
         items = ingest.to_items(
             [sample for _, sample, _ in new],
             [key for _, _, key in new],
-            ingested_ms=now_ms,
+            ingested_ms=batch.now_ms,
             source="import",
             import_id=job.import_id,
             lines=[line for line, _, _ in new],
@@ -645,14 +723,125 @@ def import_batch(
             backoff=job.backoff,
             time_left=time_left,
         )
-        progress.written += len(new)
-    progress.rows_read += len(batch)
-    progress.cursor = dataclasses.replace(progress.cursor, offset=batch[-1].end, line=batch[-1].next_line)
+        written += len(new)
+    return Stored(written, duplicates)
+
+
+def merge(progress: Progress, batch: Batch, stored: Stored) -> None:
+    """Count a batch into ``progress``: only ever the batch right after its cursor."""
+    progress.rows_read += batch.rows
+    progress.written += stored.written
+    progress.duplicates += batch.duplicates + stored.duplicates
+    progress.rejected += len(batch.rejections)
+    room = MAX_REJECTIONS - len(progress.rejections)
+    progress.rejections.extend(r.to_dict() for r in batch.rejections[: max(room, 0)])
+    progress.cursor = dataclasses.replace(progress.cursor, offset=batch.end, line=batch.next_line)
 
 
 def checkpoint(job: Job, progress: Progress) -> None:
     """Store the cursor and the counts: one conditional UpdateItem (the lease's holder only)."""
     job.table.update(job.import_id, job.holder, progress.fields())
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    batch: Batch
+    future: Future[Stored]
+
+
+def _failed(future: Future[Stored]) -> bool:
+    """Whether a finished future did not produce its batch's counts."""
+    return future.cancelled() or future.exception() is not None
+
+
+class Pipeline:
+    """Batches in flight on a thread pool, merged into ``progress`` strictly in file order.
+
+    The window holds the batches submitted and not yet merged, ``cfg.concurrency`` at most;
+    ``in_flight`` their candidates' keys. A batch is merged once it and every batch before it
+    are done, so the cursor always ends a contiguous prefix of finished batches; a checkpoint
+    stores it at most every ``cfg.checkpoint_s`` seconds (``clock``) and at ``drain``. A batch
+    that fails stops the part (``_abort``): the others finish, the prefix before it is merged
+    and checkpointed, nothing after it is, and its error is raised."""
+
+    def __init__(
+        self,
+        job: Job,
+        progress: Progress,
+        pool: Executor,
+        *,
+        clock: Callable[[], float],
+        time_left: Callable[[], float] | None,
+    ) -> None:
+        self.job, self.progress, self.pool = job, progress, pool
+        self.clock, self.time_left = clock, time_left
+        self.window: deque[_InFlight] = deque()
+        self.in_flight: set[str] = set()
+        self.saved = progress.cursor
+        self.saved_at = clock()
+
+    def submit(self, rows: Sequence[Row], *, now_ms: int) -> None:
+        """Prepare a batch here, send its DynamoDB half to the pool, then wait (merging) until
+        the window has room for the next one."""
+        batch = prepare(rows, digest=self.job.digest, now_ms=now_ms, in_flight=self.in_flight)
+        self.in_flight.update(batch.keys)
+        future = self.pool.submit(import_batch, self.job, batch, time_left=self.time_left)
+        self.window.append(_InFlight(batch, future))
+        self._settle(room=self.job.cfg.concurrency - 1)
+
+    def drain(self) -> None:
+        """Wait for every batch in flight, merge them and checkpoint what is not stored yet."""
+        self._settle(room=0)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.progress.cursor != self.saved:
+            checkpoint(self.job, self.progress)
+            self.saved, self.saved_at = self.progress.cursor, self.clock()
+
+    def cancel(self) -> None:
+        """Cancel the batches not started (the part is ending on an error)."""
+        for pending in self.window:
+            pending.future.cancel()
+
+    def _settle(self, room: int) -> None:
+        while self.window:
+            head = self.window[0]
+            if head.future.done():
+                if _failed(head.future):
+                    self._abort()
+                self._merge(self.window.popleft())
+                if self.clock() - self.saved_at >= self.job.cfg.checkpoint_s:
+                    self.flush()
+                continue
+            if len(self.window) <= room:
+                return
+            done, _ = wait([p.future for p in self.window], return_when=FIRST_COMPLETED)
+            if any(_failed(future) for future in done):
+                self._abort()
+
+    def _merge(self, pending: _InFlight) -> None:
+        merge(self.progress, pending.batch, pending.future.result())
+        self.in_flight.difference_update(pending.batch.keys)
+
+    def _abort(self) -> NoReturn:
+        self.cancel()
+        wait([p.future for p in self.window])
+        while self.window and not _failed(self.window[0].future):
+            self._merge(self.window.popleft())
+        # The first batch in file order that raised (only _abort cancels, and a cancelled batch
+        # never started).
+        failed = next(p for p in self.window if not p.future.cancelled() and p.future.exception())
+        error = failed.future.exception()
+        assert error is not None
+        log.warning(
+            "import_batch_failed", import_id=self.job.import_id, line=failed.batch.line, error=repr(error)
+        )
+        try:
+            self.flush()
+        except Exception as err:  # noqa: BLE001 - the batch's error is the one to report
+            log.warning("import_checkpoint_failed", import_id=self.job.import_id, error=repr(err))
+        raise error
 
 
 # reading the object -------------------------------------------------------------------------
@@ -817,38 +1006,43 @@ def _run(
     at_end = progress.cursor.offset >= job.size
     body = None
     time_left = (lambda: time_left_ms() / 1000) if time_left_ms is not None else None
-    try:
-        if not at_end:
-            body = open_object(clients.s3, cfg.import_bucket, key, job.etag, progress.cursor.offset)
-            stream = rows(fmt, body.iter_chunks(CHUNK_BYTES), progress.cursor)
-            while True:
-                size = BATCH_ROWS if not cfg.part_rows else min(BATCH_ROWS, cfg.part_rows - part_rows)
-                batch = list(itertools.islice(stream, size))
-                if not batch:
-                    at_end = True
-                    break
-                import_batch(job, batch, progress, now_ms=int(clock() * 1000), time_left=time_left)
-                checkpoint(job, progress)
-                part_rows += len(batch)
-                if (
-                    (cfg.part_rows and part_rows >= cfg.part_rows)
-                    or (cfg.part_s and time.monotonic() - started >= cfg.part_s)
-                    or (time_left_ms is not None and time_left_ms() < TIME_RESERVE_MS)
-                ):
-                    break
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-            return _fail(job, progress, "the uploaded file was replaced during the import")
-        raise
-    finally:
-        if body is not None:
-            body.close()
+    with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="import") as pool:
+        pipeline = Pipeline(job, progress, pool, clock=clock, time_left=time_left)
+        try:
+            if not at_end:
+                body = open_object(clients.s3, cfg.import_bucket, key, job.etag, progress.cursor.offset)
+                stream = rows(fmt, body.iter_chunks(CHUNK_BYTES), progress.cursor)
+                while True:
+                    size = BATCH_ROWS if not cfg.part_rows else min(BATCH_ROWS, cfg.part_rows - part_rows)
+                    batch = list(itertools.islice(stream, size))
+                    if not batch:
+                        at_end = True
+                        break
+                    pipeline.submit(batch, now_ms=int(clock() * 1000))
+                    part_rows += len(batch)
+                    if (
+                        (cfg.part_rows and part_rows >= cfg.part_rows)
+                        or (cfg.part_s and time.monotonic() - started >= cfg.part_s)
+                        or (time_left_ms is not None and time_left_ms() < TIME_RESERVE_MS)
+                    ):
+                        break
+            pipeline.drain()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                pipeline.drain()  # count what the batches in flight wrote
+                return _fail(job, progress, "the uploaded file was replaced during the import")
+            raise
+        finally:
+            pipeline.cancel()
+            if body is not None:
+                body.close()
     seconds = round(time.monotonic() - started, 3)
     log.log(
         "import_part",
         import_id=import_id,
         rows=part_rows,
         seconds=seconds,
+        concurrency=cfg.concurrency,
         peak_rss_mb=peak_rss_mb(),
         **progress.counts(),
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -493,3 +495,219 @@ def test_importer_through_the_local_cloud_imports_in_parts_under_its_role(make_c
         }
     ]
     assert "cursor" not in done and "lease" not in done and done["progress"] == 1.0
+
+
+# the pipeline: batches in flight at once, merged in file order ---------------------------------
+
+
+def window_rows(n: int) -> tuple[list[Any], dict[str, int]]:
+    """``n`` rows (and a blank line) with bad rows and in-file duplicates that span batches:
+    every 7th row is one of 20 client ids (the same content each time), 140 rows apart. Also
+    the counts they must end with."""
+    rows: list[Any] = []
+    ids: set[int] = set()
+    expected = {"rows_read": 0, "written": 0, "duplicates": 0, "rejected": 0}
+    for i in range(n):
+        expected["rows_read"] += 1
+        if i % 97 == 5:
+            rows.append({**ROW, "temp": 500})
+            expected["rejected"] += 1
+        elif i % 251 == 9:
+            rows.append(b"{not json")
+            expected["rejected"] += 1
+        elif i % 7 == 0:
+            rows.append({**ROW, "id": f"c-{i % 140}", "temp": 50 + (i % 140) // 7})
+            expected["duplicates" if i % 140 in ids else "written"] += 1
+            ids.add(i % 140)
+        else:
+            rows.append({**ROW, "temp": 40 + i % 60})
+            expected["written"] += 1
+        if i == 42:
+            rows.append(b"")
+    return rows, expected
+
+
+def pipeline_cfg(cfg: imports.ImporterSettings, **changes: Any) -> imports.ImporterSettings:
+    """One part for the whole file unless told otherwise."""
+    return dataclasses.replace(cfg, **{"part_rows": 0, **changes})
+
+
+def counts(item: dict[str, Any]) -> dict[str, int]:
+    return {name: item[name] for name in ("rows_read", "written", "duplicates", "rejected")}
+
+
+def stored_rows(cfg: imports.ImporterSettings) -> dict[str, tuple[Any, ...]]:
+    """The data table as {key: (import_line, the sample's fields)}."""
+    fields = ("temp", "rh", "wind", "clo", "label", "client_id", "source")
+    return {
+        item["id"]["S"]: (item["import_line"]["N"], *(json.dumps(item.get(f)) for f in fields))
+        for item in data_items(cfg)
+    }
+
+
+def test_concurrent_batches_end_with_the_same_counts_and_items_as_one_at_a_time(
+    cfg: imports.ImporterSettings,
+) -> None:
+    rows, expected = window_rows(1000)
+    body = jsonl(rows)
+    clients = imports.Clients.default()
+    one = new_import(cfg, 1, "jsonl", body)
+    outcome = imports.run_import(one, pipeline_cfg(cfg, concurrency=1, checkpoint_s=0), clients, holder="a")
+    assert outcome.status == imports.DONE
+    sequential, items = status(cfg, one), stored_rows(cfg)
+    for key in items:
+        boto3.client("dynamodb").delete_item(TableName=cfg.data_table, Key={"id": {"S": key}})
+    four = new_import(cfg, 2, "jsonl", body)
+    outcome = imports.run_import(four, pipeline_cfg(cfg, concurrency=4), clients, holder="b")
+    assert outcome.status == imports.DONE
+    concurrent = status(cfg, four)
+    assert counts(sequential) == counts(concurrent) == expected
+    assert concurrent["rejections"] == sequential["rejections"]
+    assert [r["line"] for r in concurrent["rejections"]] == sorted(
+        r["line"] for r in concurrent["rejections"]
+    )
+    assert stored_rows(cfg) == items and len(items) == expected["written"]
+
+
+def test_a_crash_in_the_middle_of_a_window_then_a_resume_counts_exactly(
+    cfg: imports.ImporterSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lambdas.core import ingest
+
+    rows, expected = window_rows(1000)
+    import_id = new_import(cfg, 1, "jsonl", jsonl(rows))
+    run_cfg = pipeline_cfg(cfg, concurrency=4, checkpoint_s=3600)
+    real = ingest.write_items
+    later_batch_written = threading.Event()
+
+    def lines(items: Any) -> set[int]:
+        return {int(item["import_line"]["N"]) for item in items}
+
+    def crash_in_batch_six(client: Any, table: str, items: Any, **kwargs: Any) -> list[str]:
+        if 550 in lines(items):  # the sixth batch: it waits until the seventh is written...
+            assert later_batch_written.wait(30)
+            real(client, table, items[:25], **kwargs)  # ...writes a quarter of its rows, dies
+            raise Crash()
+        written = real(client, table, items, **kwargs)
+        if 650 in lines(items):
+            later_batch_written.set()
+        return written
+
+    monkeypatch.setattr(ingest, "write_items", crash_in_batch_six)
+    with pytest.raises(Crash):
+        imports.run_import(import_id, run_cfg, imports.Clients.default(), holder="first")
+    monkeypatch.setattr(ingest, "write_items", real)
+    crashed = status(cfg, import_id)
+    # Five batches merged and checkpointed; nothing past the sixth, though later ones were written.
+    assert crashed["rows_read"] == 500 and crashed["lease"]["until_ms"] > time.time() * 1000
+    assert len(data_items(cfg)) >= crashed["written"] + 25 + 50  # the sixth batch's 25, the seventh
+    later = time.time() + cfg.lease_s + 1
+    outcomes = imports.resume(
+        run_cfg, imports.Clients.default(), holder="second", time_left_ms=None, clock=lambda: later
+    )
+    assert [o.status for o in outcomes] == [imports.DONE]
+    done = status(cfg, import_id)
+    assert counts(done) == expected
+    assert len(data_items(cfg)) == expected["written"]
+
+
+def test_a_failed_batch_checkpoints_only_the_batches_before_it_and_releases_the_lease(
+    cfg: imports.ImporterSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows, expected = window_rows(500)
+    import_id = new_import(cfg, 1, "jsonl", jsonl(rows))
+    real = imports.import_batch
+
+    def third_fails(job: Any, batch: imports.Batch, **kwargs: Any) -> imports.Stored:
+        if batch.line <= 250 < batch.line + batch.rows:
+            raise RuntimeError("throttled")
+        return real(job, batch, **kwargs)
+
+    monkeypatch.setattr(imports, "import_batch", third_fails)
+    with pytest.raises(RuntimeError):
+        imports.run_import(
+            import_id, pipeline_cfg(cfg, checkpoint_s=3600), imports.Clients.default(), holder="a"
+        )
+    failed = status(cfg, import_id)
+    assert failed["rows_read"] == 200 and failed["lease"]["until_ms"] == 0 and failed["failures"] == 1
+    assert_balanced(failed)
+    monkeypatch.setattr(imports, "import_batch", real)
+    run_to_end(cfg, import_id)
+    assert counts(status(cfg, import_id)) == expected
+
+
+class Ticker:
+    """A clock that moves ``step`` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = time.time(), step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("rows", "checkpoint_s", "step", "low", "high"),
+    [
+        (500, 1.0, 0.0, 1, 1),  # a clock that stands still: only the end of the file
+        (500, 0.0, 0.0, 5, 5),  # 0: after every batch
+        (2000, 1.0, 0.1, 2, 19),  # about every few batches of 20
+    ],
+)
+def test_checkpoints_come_at_most_every_checkpoint_s_and_at_the_end(
+    cfg: imports.ImporterSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: int,
+    checkpoint_s: float,
+    step: float,
+    low: int,
+    high: int,
+) -> None:
+    body, expected = window_rows(rows)
+    import_id = new_import(cfg, 1, "jsonl", jsonl(body))
+    real = imports.checkpoint
+    stored: list[int] = []
+
+    def spy(job: Any, progress: imports.Progress) -> None:
+        stored.append(progress.rows_read)
+        real(job, progress)
+
+    monkeypatch.setattr(imports, "checkpoint", spy)
+    run_cfg = pipeline_cfg(cfg, concurrency=4, checkpoint_s=checkpoint_s)
+    imports.run_import(import_id, run_cfg, imports.Clients.default(), holder="a", clock=Ticker(step))
+    assert low <= len(stored) <= high
+    assert stored == sorted(stored) and stored[-1] == rows and all(n % 100 == 0 for n in stored)
+    assert counts(status(cfg, import_id)) == expected
+
+
+def test_a_row_repeated_in_two_batches_in_flight_is_written_once_and_counted_a_duplicate_once(
+    cfg: imports.ImporterSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows: list[Any] = [{**ROW, "temp": 40 + i % 60} for i in range(200)]
+    rows[10] = rows[150] = {**ROW, "id": "twin"}
+    import_id = new_import(cfg, 1, "jsonl", jsonl(rows))
+    real_prepare, real_import = imports.prepare, imports.import_batch
+    second_prepared = threading.Event()
+    sent: list[str] = []
+
+    def prepare(batch_rows: Any, **kwargs: Any) -> imports.Batch:
+        batch = real_prepare(batch_rows, **kwargs)
+        if batch.line == 101:
+            second_prepared.set()
+        return batch
+
+    def import_batch(job: Any, batch: imports.Batch, **kwargs: Any) -> imports.Stored:
+        if batch.line == 1:  # the first batch stays in flight until the second is prepared
+            assert second_prepared.wait(30)
+        sent.extend(batch.keys)
+        return real_import(job, batch, **kwargs)
+
+    monkeypatch.setattr(imports, "prepare", prepare)
+    monkeypatch.setattr(imports, "import_batch", import_batch)
+    imports.run_import(import_id, pipeline_cfg(cfg, concurrency=2), imports.Clients.default(), holder="a")
+    done = status(cfg, import_id)
+    assert counts(done) == {"rows_read": 200, "written": 199, "duplicates": 1, "rejected": 0}
+    assert len(sent) == len(set(sent)) == 199
+    twins = [item for item in data_items(cfg) if item.get("client_id", {}).get("S") == "twin"]
+    assert [item["import_line"]["N"] for item in twins] == ["11"]

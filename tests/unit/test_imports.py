@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -331,3 +332,124 @@ def test_hold_replaces_its_own_entry_and_drops_expired_ones_of_others() -> None:
     state = lock.LockState(holds=(("imp-a", 1), ("imp-b", 5_000_000)))
     assert lock.hold(state, "imp-b", 6_000_000, now).holds == (("imp-b", 6_000_000),)
     assert lock.unhold(state, "imp-c", now) == state
+
+
+# the pipeline -------------------------------------------------------------------------------
+
+
+def row(line: int, data: Any) -> imports.Row:
+    return imports.Row(line, line * 10, line + 1, data=data)
+
+
+def test_prepare_counts_a_key_in_flight_or_earlier_in_the_batch_as_a_duplicate_and_does_not_send_it() -> None:
+    twin = {**ROW, "id": "twin"}
+    in_flight = {import_key(parse_sample(twin, 0, now_ms=NOW_MS), digest=DIGEST, line=1)}
+    batch = imports.prepare(
+        [
+            row(5, twin),
+            row(6, ROW),
+            row(7, {**ROW, "temp": 500}),
+            row(8, {**ROW, "id": "b"}),
+            row(9, {**ROW, "id": "b"}),
+        ],
+        digest=DIGEST,
+        now_ms=NOW_MS,
+        in_flight=in_flight,
+    )
+    assert (batch.line, batch.rows, batch.end, batch.next_line) == (5, 5, 90, 10)
+    assert batch.duplicates == 2  # line 5 (in flight), line 9 (line 8's twin)
+    assert [line for line, _, _ in batch.candidates] == [6, 8]
+    assert [r.line for r in batch.rejections] == [7]
+    assert not in_flight & set(batch.keys)
+
+
+def fake_job(concurrency: int, checkpoint_s: float) -> imports.Job:
+    cfg = imports.ImporterSettings(
+        "bucket", "imports", "data", "models", concurrency=concurrency, checkpoint_s=checkpoint_s
+    )
+    return imports.Job("imp-0123456789abcdef", "jsonl", "k", "h", DIGEST, '"e"', 1000, cfg, imports.Clients())
+
+
+def batches_of(n: int, size: int = 3) -> list[list[imports.Row]]:
+    """``n`` batches; each one's first row is rejected, so ``rejections`` shows the merge order."""
+    lines = iter(range(1, n * size + 1))
+    return [
+        [
+            row(line, {**ROW, "temp": 500} if k == 0 else {**ROW, "temp": line % 100})
+            for k, line in enumerate(batch)
+        ]
+        for batch in ([next(lines) for _ in range(size)] for _ in range(n))
+    ]
+
+
+def test_pipeline_merges_in_file_order_when_later_batches_finish_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    finished: list[int] = []
+    stored: list[tuple[int, int]] = []
+
+    def import_batch(job: Any, batch: imports.Batch, **kwargs: Any) -> imports.Stored:
+        time.sleep(0.02 * (4 - (batch.line // 3) % 4))  # in each window the last finishes first
+        finished.append(batch.line)
+        return imports.Stored(written=len(batch.candidates))
+
+    monkeypatch.setattr(imports, "import_batch", import_batch)
+    monkeypatch.setattr(imports, "checkpoint", lambda job, p: stored.append((p.cursor.offset, p.rows_read)))
+    monkeypatch.setattr(imports, "MAX_REJECTIONS", 5)
+    job = fake_job(concurrency=4, checkpoint_s=0)
+    progress = imports.Progress(Cursor(0, 1))
+    with ThreadPoolExecutor(4) as pool:
+        pipeline = imports.Pipeline(job, progress, pool, clock=lambda: 0.0, time_left=None)
+        for batch in batches_of(8):
+            pipeline.submit(batch, now_ms=NOW_MS)
+        pipeline.drain()
+    assert finished != sorted(finished)  # they did finish out of order...
+    assert stored == [(line * 10, line) for line in range(3, 25, 3)]  # ...and merged in order
+    assert [r["line"] for r in progress.rejections] == [1, 4, 7, 10, 13]
+    assert progress.counts() == {"rows_read": 24, "written": 16, "duplicates": 0, "rejected": 8}
+
+
+def test_pipeline_stops_at_a_failed_batch_and_checkpoints_only_the_batches_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def import_batch(job: Any, batch: imports.Batch, **kwargs: Any) -> imports.Stored:
+        if batch.line == 7:
+            time.sleep(0.05)  # the batches after it finish first
+            raise RuntimeError("throttled")
+        return imports.Stored(written=len(batch.candidates))
+
+    stored: list[int] = []
+    monkeypatch.setattr(imports, "import_batch", import_batch)
+    monkeypatch.setattr(imports, "checkpoint", lambda job, p: stored.append(p.rows_read))
+    progress = imports.Progress(Cursor(0, 1))
+    with pytest.raises(RuntimeError, match="throttled"), ThreadPoolExecutor(4) as pool:
+        pipeline = imports.Pipeline(fake_job(4, 3600), progress, pool, clock=lambda: 0.0, time_left=None)
+        for batch in batches_of(8):
+            pipeline.submit(batch, now_ms=NOW_MS)
+        pipeline.drain()
+    assert stored == [6] and progress.rows_read == 6 and progress.cursor.offset == 60
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IMPORT_CONCURRENCY": "0"}, "IMPORT_CONCURRENCY must be >= 1"),
+        ({"IMPORT_CONCURRENCY": "10"}, "IMPORT_CONCURRENCY must be <= 9"),
+        ({"IMPORT_CHECKPOINT_S": "-1"}, "IMPORT_CHECKPOINT_S must be >= 0"),
+    ],
+)
+def test_importer_settings_refuse_a_concurrency_or_cadence_out_of_range(
+    env: dict[str, str], message: str
+) -> None:
+    from lambdas.core.errors import ConfigError
+
+    base = {"IMPORT_BUCKET": "b", "IMPORT_TABLE": "i", "DATA_TABLE": "d", "MODEL_TABLE": "m"}
+    assert imports.ImporterSettings.from_env(base).concurrency == 4
+    assert imports.ImporterSettings.from_env(base).checkpoint_s == 1.0
+    with pytest.raises(ConfigError) as caught:
+        imports.ImporterSettings.from_env({**base, **env})
+    assert message in caught.value.message
