@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import unquote_plus
 
@@ -122,6 +123,9 @@ class ImporterSettings:
     write_attempts: int = 6  # BatchWriteItem calls per chunk of 25 (ingest.write_items)
     concurrency: int = 4  # batches whose DynamoDB calls are in flight at once
     checkpoint_s: float = 1.0  # seconds between checkpoints (0: after every batch)
+    # How long an upload form lives (the imports function's IMPORT_URL_EXPIRES_S): an import
+    # still waiting for its file a minute after that is looked at by the schedule.
+    url_expires_s: int = 900
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> ImporterSettings:
@@ -141,6 +145,7 @@ class ImporterSettings:
             lease_s=settings.integer(env, "IMPORT_LEASE_S", cls.lease_s, minimum=1),
             concurrency=concurrency,
             checkpoint_s=settings.number(env, "IMPORT_CHECKPOINT_S", cls.checkpoint_s, minimum=0),
+            url_expires_s=settings.integer(env, "IMPORT_URL_EXPIRES_S", cls.url_expires_s, minimum=1),
         )
 
 
@@ -256,6 +261,24 @@ class ImportTable:
             "FilterExpression": "attribute_not_exists(#lease) OR #lease.until_ms <= :now_ms",
             "ExpressionAttributeNames": {"#status": "status", "#lease": "lease"},
             "ExpressionAttributeValues": {":importing": {"S": IMPORTING}, ":now_ms": {"N": str(now_ms)}},
+        }
+        while True:
+            reply = self.ddb.query(**kwargs)
+            for item in reply.get("Items", []):
+                yield item["import_id"]["S"]
+            if "LastEvaluatedKey" not in reply:
+                return
+            kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+
+    def stale_waiting(self, before: str) -> Iterator[str]:
+        """Ids of imports still ``waiting_upload`` since before ``before`` (ISO time): a Query of
+        the ``by-status`` index on its sort key ``updated_at``, never a Scan."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": STATUS_INDEX,
+            "KeyConditionExpression": "#status = :waiting AND updated_at < :before",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":waiting": {"S": WAITING_UPLOAD}, ":before": {"S": before}},
         }
         while True:
             reply = self.ddb.query(**kwargs)
@@ -1203,9 +1226,17 @@ def resume(
     clock: Callable[[], float] = time.time,
 ) -> list[Outcome]:
     """The schedule: run the next part of every ``importing`` import whose lease expired, while
-    the invocation has time for one more batch."""
+    the invocation has time for one more batch; and settle every import still waiting for its
+    upload a minute after its form expired. Its file is there when every delivery of S3's event
+    failed (it is imported now), or it never came (the import fails: "the uploaded file ... is
+    missing"), so no import waits forever."""
     outcomes = []
-    for import_id in ImportTable(cfg.import_table, clients.ddb).expired(int(clock() * 1000)):
+    table = ImportTable(cfg.import_table, clients.ddb)
+    now = clock()
+    stale = datetime.fromtimestamp(now - cfg.url_expires_s - 60, UTC)
+    before = stale.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    due = itertools.chain(table.expired(int(now * 1000)), table.stale_waiting(before))
+    for import_id in due:
         if time_left_ms is not None and time_left_ms() < TIME_RESERVE_MS:
             break
         try:

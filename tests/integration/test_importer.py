@@ -15,6 +15,7 @@ import pytest
 
 from lambdas import importer, train
 from lambdas.core import imports, lock
+from lambdas.core.registry import now_iso
 from localcloud import infra
 from tests.support.trigger import train_settings
 
@@ -64,7 +65,7 @@ def new_import(cfg: imports.ImporterSettings, n: int, fmt: str, body: bytes) -> 
     """A status item as POST /imports writes it, then the upload; returns the id."""
     import_id = f"imp-{n:016x}"
     key = f"imports/{import_id}.{fmt}"
-    now = "2026-11-30T12:00:00.000Z"
+    now = now_iso()
     boto3.client("dynamodb").put_item(
         TableName=cfg.import_table,
         Item={
@@ -711,3 +712,30 @@ def test_a_row_repeated_in_two_batches_in_flight_is_written_once_and_counted_a_d
     assert len(sent) == len(set(sent)) == 199
     twins = [item for item in data_items(cfg) if item.get("client_id", {}).get("S") == "twin"]
     assert [item["import_line"]["N"] for item in twins] == ["11"]
+
+
+def test_the_schedule_settles_imports_still_waiting_after_their_upload_form_expired(
+    cfg: imports.ImporterSettings,
+) -> None:
+    ddb = boto3.client("dynamodb")
+    # Every delivery of S3's event failed: the file is there, the import still waits.
+    lost_event = new_import(cfg, 901, "jsonl", jsonl(mixed_rows()))
+    # The form expired unused.
+    never = new_import(cfg, 902, "jsonl", b"")
+    boto3.client("s3").delete_object(Bucket=cfg.import_bucket, Key=f"imports/{never}.jsonl")
+    for stale in (lost_event, never):  # created long before the form's 900 s and a minute
+        ddb.update_item(
+            TableName=cfg.import_table,
+            Key={"import_id": {"S": stale}},
+            UpdateExpression="SET updated_at = :then",
+            ExpressionAttributeValues={":then": {"S": "2026-01-01T00:00:00.000Z"}},
+        )
+    # A form still valid: left alone, its upload may be under way.
+    recent = new_import(cfg, 903, "jsonl", jsonl(mixed_rows()))
+    run_to_end(cfg, lost_event)
+    done = status(cfg, lost_event)
+    assert done["status"] == imports.DONE
+    assert_balanced(done)
+    failed = status(cfg, never)
+    assert failed["status"] == imports.FAILED and "missing" in failed["error"]["reason"]
+    assert status(cfg, recent)["status"] == imports.WAITING_UPLOAD
