@@ -262,13 +262,7 @@ class ImportTable:
             "ExpressionAttributeNames": {"#status": "status", "#lease": "lease"},
             "ExpressionAttributeValues": {":importing": {"S": IMPORTING}, ":now_ms": {"N": str(now_ms)}},
         }
-        while True:
-            reply = self.ddb.query(**kwargs)
-            for item in reply.get("Items", []):
-                yield item["import_id"]["S"]
-            if "LastEvaluatedKey" not in reply:
-                return
-            kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+        return self._ids(kwargs)
 
     def stale_waiting(self, before: str) -> Iterator[str]:
         """Ids of imports still ``waiting_upload`` since before ``before`` (ISO time): a Query of
@@ -280,13 +274,17 @@ class ImportTable:
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {":waiting": {"S": WAITING_UPLOAD}, ":before": {"S": before}},
         }
+        return self._ids(kwargs)
+
+    def _ids(self, query: dict[str, Any]) -> Iterator[str]:
+        """The import ids of every page of ``query``."""
         while True:
-            reply = self.ddb.query(**kwargs)
+            reply = self.ddb.query(**query)
             for item in reply.get("Items", []):
                 yield item["import_id"]["S"]
             if "LastEvaluatedKey" not in reply:
                 return
-            kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
+            query = {**query, "ExclusiveStartKey": reply["LastEvaluatedKey"]}
 
 
 # reading the file ---------------------------------------------------------------------------
