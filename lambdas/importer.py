@@ -7,7 +7,8 @@ Two event sources, both asynchronous invocations:
   with no status item, or a duplicate event for an import already done, failed or leased is
   logged and changes nothing.
 - A schedule (every minute): run the next part of every ``importing`` import whose lease
-  expired or was released at the end of a part.
+  expired or was released at the end of a part, and settle every import still waiting for its
+  upload 15 minutes after its form expired (imported if the file is there, failed if not).
 
 An infrastructure error propagates (Lambda retries the invocation; the part resumes from its
 last checkpoint); a fault of the file fails the import instead.

@@ -16,7 +16,7 @@ import numpy as np
 from lambdas.core import log
 from lambdas.core.schema import FEATURE_NAMES, LABELS
 
-_FIELDS = ("id", *FEATURE_NAMES, "label", "created", "ingested")
+_FIELDS = ("id", *FEATURE_NAMES, "label", "created", "ingested", "import_id")
 _LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
 
@@ -221,8 +221,14 @@ def _row(item: dict[str, Any]) -> tuple[str, list[float], int, int, int] | None:
         label = _LABEL_INDEX[item["label"]["S"]]
         created = int(float(item["created"]["N"])) if "created" in item else 0
         # The upload function always writes ``ingested``; an item written some other way arrived,
-        # as far as anyone knows, when it says it was created.
-        ingested = int(float(item["ingested"]["N"])) if "ingested" in item else created
+        # as far as anyone knows, when it says it was created. So did a bulk import's row
+        # (``import_id``): its ``ingested`` is when the file was imported, but it is history, and
+        # arriving now would put last year's rows in the gate's recent window and the drift
+        # rule's reference (the newest samples), ahead of what live traffic brought.
+        if "ingested" in item and "import_id" not in item:
+            ingested = int(float(item["ingested"]["N"]))
+        else:
+            ingested = created
     except (KeyError, TypeError, ValueError):
         return None
     if not all(math.isfinite(v) for v in features):

@@ -77,6 +77,9 @@ ID_PATTERN = re.compile(r"imp-[0-9a-f]{16}")
 KEY_PATTERN = re.compile(r"imports/(imp-[0-9a-f]{16})\.(csv|jsonl)")
 KEY_PREFIX = "imports/"
 
+# An import still waiting this long after its upload form expired is settled by the schedule:
+# long enough for a 100 MB POST started just before the expiry to finish on a slow link.
+SETTLE_AFTER_EXPIRY_S = 900
 BATCH_ROWS = 100  # rows per BatchGetItem (its limit: 100 keys)
 MAX_REJECTIONS = 20  # rejected rows listed in the status item (all are counted)
 MAX_LINE_BYTES = 64 * 1024  # a sample is ~200 bytes; a longer line is rejected, never held
@@ -124,7 +127,7 @@ class ImporterSettings:
     concurrency: int = 4  # batches whose DynamoDB calls are in flight at once
     checkpoint_s: float = 1.0  # seconds between checkpoints (0: after every batch)
     # How long an upload form lives (the imports function's IMPORT_URL_EXPIRES_S): an import
-    # still waiting for its file a minute after that is looked at by the schedule.
+    # still waiting for its file 15 minutes after that is settled by the schedule.
     url_expires_s: int = 900
 
     @classmethod
@@ -154,7 +157,7 @@ class ImporterSettings:
 
 def public_status(item: Mapping[str, Any]) -> dict[str, Any]:
     """What ``GET /imports/{id}`` answers: every field of the status item but the internal ones
-    (``cursor``, ``lease``, ``etag``), plus ``progress`` = bytes_read / bytes (None until the
+    (``INTERNAL_FIELDS``), plus ``progress`` = bytes_read / bytes (None until the
     size is known). ``item``: as GetItem returns it (AttributeValues) or already plain."""
     data = from_item(item) if _is_attribute_values(item) else dict(item)
     out = {k: v for k, v in data.items() if k not in INTERNAL_FIELDS}
@@ -837,9 +840,13 @@ class Pipeline:
                 continue
             if len(self.window) <= room:
                 return
-            done, _ = wait([p.future for p in self.window], return_when=FIRST_COMPLETED)
-            if any(_failed(future) for future in done):
+            # A later batch that already failed ends the part now; otherwise wait for the next
+            # of the unfinished ones (the head is one). Waiting on a finished future would
+            # return at once, every time round: a busy loop while the head is slower.
+            if any(p.future.done() and _failed(p.future) for p in self.window):
                 self._abort()
+            unfinished = [p.future for p in self.window if not p.future.done()]
+            wait(unfinished, return_when=FIRST_COMPLETED)
 
     def _merge(self, pending: _InFlight) -> None:
         merge(self.progress, pending.batch, pending.future.result())
@@ -1143,7 +1150,7 @@ def _fail_item(
             **extra,
         },
     )
-    lock.LockStore(cfg.model_table, table.ddb).set_holds(lambda s: lock.unhold(s, import_id, time.time()))
+    _unhold(cfg.model_table, table.ddb, import_id)
     log.warning("import_failed", import_id=import_id, reason=reason, **progress.counts())
     return Outcome(import_id, FAILED, progress.counts(), reason)
 
@@ -1163,14 +1170,19 @@ def _finish(job: Job, progress: Progress, status: str) -> Outcome:
             "lease": {"holder": job.holder, "until_ms": 0},
         },
     )
-    try:
-        lock.LockStore(job.cfg.model_table, job.clients.ddb).set_holds(
-            lambda s: lock.unhold(s, job.import_id, time.time())
-        )
-    except Unavailable as err:  # the hold expires on its own
-        log.warning("import_hold_not_removed", import_id=job.import_id, error=err.message)
+    _unhold(job.cfg.model_table, job.clients.ddb, job.import_id)
     log.log("import_done", import_id=job.import_id, **progress.counts())
     return Outcome(job.import_id, status, progress.counts())
+
+
+def _unhold(model_table: str, ddb: Any, import_id: str) -> None:
+    """Let retraining go on after a finished import. The status is final already: a lock that
+    stays busy is logged, not raised (a retry would find the import finished and skip it), and
+    the hold expires on its own with the lease."""
+    try:
+        lock.LockStore(model_table, ddb).set_holds(lambda s: lock.unhold(s, import_id, time.time()))
+    except Unavailable as err:
+        log.warning("import_hold_not_removed", import_id=import_id, error=err.message)
 
 
 # events -------------------------------------------------------------------------------------
@@ -1225,13 +1237,13 @@ def resume(
 ) -> list[Outcome]:
     """The schedule: run the next part of every ``importing`` import whose lease expired, while
     the invocation has time for one more batch; and settle every import still waiting for its
-    upload a minute after its form expired. Its file is there when every delivery of S3's event
-    failed (it is imported now), or it never came (the import fails: "the uploaded file ... is
-    missing"), so no import waits forever."""
+    upload ``SETTLE_AFTER_EXPIRY_S`` after its form expired. Its file is there when every
+    delivery of S3's event failed (it is imported now), or it never came (the import fails: "the
+    uploaded file ... is missing"), so no import waits forever."""
     outcomes = []
     table = ImportTable(cfg.import_table, clients.ddb)
     now = clock()
-    stale = datetime.fromtimestamp(now - cfg.url_expires_s - 60, UTC)
+    stale = datetime.fromtimestamp(now - cfg.url_expires_s - SETTLE_AFTER_EXPIRY_S, UTC)
     before = stale.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     due = itertools.chain(table.expired(int(now * 1000)), table.stale_waiting(before))
     for import_id in due:

@@ -158,6 +158,15 @@ def test_data_reads_ingested_and_falls_back_to_created() -> None:
     assert samples.subset(np.array([1])).arrived.tolist() == [7]
 
 
+def test_data_a_bulk_imported_row_arrived_when_it_was_created_not_when_it_was_imported() -> None:
+    # History imported today must not count as the newest data: not in the gate's recent window,
+    # not in the drift rule's reference of the newest samples.
+    imported = {**item("old", created="5"), "ingested": {"N": "900"}, "import_id": {"S": "imp-1"}}
+    live = {**item("new", created="600"), "ingested": {"N": "800"}}
+    samples = data.to_samples([imported, live])
+    assert dict(zip(samples.ids, samples.arrived.tolist(), strict=True)) == {"old": 5, "new": 800}
+
+
 def test_data_recent_window_is_never_trained_on_and_leaves_the_holdout_fixed() -> None:
     samples = _arrivals(4000)
     window = data.RecentWindow(after_ms=2999, percent=10, max_count=2000)
