@@ -353,6 +353,7 @@ class Gate:
         try:
             upload = sigv4.verify_post(
                 raw_path=request.path,
+                raw_query=request.query,
                 content_type=headers.get("content-type", ""),
                 body=request.body,
                 secret_for=self._secret_for,

@@ -34,6 +34,8 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from werkzeug.formparser import parse_form_data
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData, Preamble
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -412,10 +414,22 @@ def _iso(epoch: float) -> str:
 #   fields: <name>" (quoted by AWS in aws/aws-sdk-php#3292), a size outside
 #   content-length-range 400 EntityTooLarge / EntityTooSmall (ErrorResponses); "Policy expired."
 #   is S3's wording as S3-compatible servers copy it (minio), not checked against S3 itself.
+# - the file must be the form's last field, and S3 ignores any field after it (the "file" form
+#   field in https://docs.aws.amazon.com/AmazonS3/latest/API/RESTObjectPOST.html, paraphrased).
+#
+# The gate checks the form and then hands the same bytes to moto, which reads them its own way
+# (moto/core/responses.py, BaseResponse.setup_class: ``form["key"]`` as spelled, the last file
+# part of any name as the body, ``${filename}`` replaced by the file name's basename, and
+# ``?delete`` in the URL turning the POST into DeleteObjects). Where the two readings could
+# differ the gate refuses the form outright (400 InvalidArgument) rather than guess which one
+# moto will act on - stricter than S3, as the local cloud must be wherever it differs from AWS:
+# a field name given twice in any letter case, any file part but exactly one named "file" and
+# last in the form, a key with ${filename}, and a query string on the POST.
 
 _POST_UNSIGNED_FIELDS = ("policy", "x-amz-signature", "file")
 _POST_AUTH_FIELDS = ("x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-signature", "policy")
 _POLICY_PREFIX = "Invalid according to Policy: "
+_UNREADABLE_FORM = "The local cloud cannot read this POST upload's form as multipart/form-data."
 
 
 class PolicyConditionFailed(PresignError):
@@ -475,11 +489,20 @@ def verify_post(
     body: bytes,
     secret_for: Callable[[str], str | None],
     now: float | None = None,
+    raw_query: str = "",
 ) -> PostUpload:
-    """Check a POST upload's form as S3 would, or raise the ``PresignError`` S3 would answer."""
+    """Check a POST upload's form as S3 would, or raise the ``PresignError`` S3 would answer.
+    Forms that S3 would take but that moto could read otherwise than this check did are refused
+    too (see the notes above ``_POST_UNSIGNED_FIELDS``)."""
     now = time.time() if now is None else now
     bucket = urllib.parse.unquote(raw_path.strip("/"))
-    fields, file_name, file_size = _form(content_type, body)
+    if raw_query:
+        # moto reads the URL's query as well as the form (``?delete`` makes the POST a
+        # DeleteObjects of the file's XML); a browser upload has no query, so none is taken.
+        raise InvalidPostArgument(
+            "The local cloud refuses a POST upload with a query string: post the form to /<bucket>."
+        )
+    fields, file_size = _form(content_type, body)
     if "x-amz-signature" not in fields and ("awsaccesskeyid" in fields or "signature" in fields):
         raise SignatureVersionNotSupported(
             "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256."
@@ -491,6 +514,15 @@ def verify_post(
         raise InvalidPostArgument("Bucket POST must contain a field named 'key'.")
     if file_size is None:
         raise InvalidPostArgument("POST requires exactly one file upload per request.")
+    if "${filename}" in fields["key"]:
+        # S3 replaces ${filename} with the name the browser gives the file; moto with that
+        # name's basename. Rather than follow either, the local cloud (stricter than S3) refuses it.
+        raise InvalidPostArgument(
+            "The local cloud does not support ${filename} in a POST upload's key "
+            "(S3 does): sign the policy for the full key.",
+            ArgumentName="key",
+            ArgumentValue=fields["key"],
+        )
     if fields["x-amz-algorithm"] != ALGORITHM:
         raise InvalidPostArgument('x-amz-algorithm only supports "AWS4-HMAC-SHA256"')
     access_key, scope_date, region, service = _credential(fields["x-amz-credential"])
@@ -519,7 +551,7 @@ def verify_post(
     policy = _policy(policy_b64)
     if _policy_time(policy["expiration"]) < now:
         raise PolicyConditionFailed(_POLICY_PREFIX + "Policy expired.")
-    object_key = fields["key"].replace("${filename}", file_name or "")
+    object_key = fields["key"]
     values = {**fields, "bucket": bucket, "key": object_key}
     covered = {"bucket"} if "bucket" not in fields else set()
     for condition in policy["conditions"]:
@@ -542,9 +574,10 @@ def verify_post(
     return PostUpload(signer=signer, bucket=bucket, key=object_key, size=file_size)
 
 
-def _form(content_type: str, body: bytes) -> tuple[dict[str, str], str | None, int | None]:
-    """The form's fields (names lower-cased: S3 matches them case-insensitively), the file's
-    name and its size (None without a file part)."""
+def _form(content_type: str, body: bytes) -> tuple[dict[str, str], int | None]:
+    """The form's fields (names lower-cased: S3 matches them case-insensitively) and its file's
+    size (None without a file part). A form that moto could read otherwise than these fields
+    and this size say is refused with ``InvalidPostArgument``."""
     environ = {
         "REQUEST_METHOD": "POST",
         "CONTENT_TYPE": content_type,
@@ -552,13 +585,66 @@ def _form(content_type: str, body: bytes) -> tuple[dict[str, str], str | None, i
         "wsgi.input": io.BytesIO(body),
     }
     _, form, files = parse_form_data(environ, max_form_memory_size=None)
+    parts = _parts(content_type, body)
+    read = [(name, False) for name, _ in form.items(multi=True)]
+    read += [(name, True) for name, _ in files.items(multi=True)]
+    if sorted(parts) != sorted(read):
+        raise InvalidPostArgument(_UNREADABLE_FORM)
+    seen: set[str] = set()
+    for name, _ in parts:
+        # The gate reads names case-insensitively, moto as spelled (form["key"]): a name given
+        # twice, in any letter case, could give the two of them different values.
+        if name.lower() in seen:
+            raise InvalidPostArgument(
+                f"The POST upload's form has the field '{name.lower()}' more than once (field names "
+                "are case-insensitive); the local cloud refuses such a form.",
+                ArgumentName=name,
+            )
+        seen.add(name.lower())
     fields = {name.lower(): str(value) for name, value in form.items()}
-    uploaded = files.getlist("file")
-    if len(uploaded) != 1:
-        return fields, None, None
-    stream = uploaded[0].stream
+    file_parts = [name for name, is_file in parts if is_file]
+    if not file_parts:
+        return fields, None
+    if len(file_parts) != 1 or file_parts[0].lower() != "file":
+        # moto stores the last file part, whatever its name: only the one named "file" is checked.
+        raise InvalidPostArgument(
+            "POST requires exactly one file upload per request, in the field named 'file'; "
+            "this form has file parts named " + ", ".join(repr(name) for name in file_parts) + ".",
+        )
+    if not parts[-1][1]:
+        # S3 ignores every field after the file; moto would act on them, unchecked by S3's rules.
+        raise InvalidPostArgument(
+            "The file must be the last field of a POST upload's form (S3 ignores the fields after "
+            "it; the local cloud refuses them): '" + parts[-1][0] + "' comes after it.",
+            ArgumentName=parts[-1][0],
+        )
+    (uploaded,) = files.values()
+    stream = uploaded.stream
     stream.seek(0, 2)
-    return fields, uploaded[0].filename, stream.tell()
+    return fields, stream.tell()
+
+
+def _parts(content_type: str, body: bytes) -> list[tuple[str, bool]]:
+    """The name of each part of a multipart/form-data body in order, and whether it is a file
+    (it has a filename), read with the decoder werkzeug's form parser (and so moto's) uses."""
+    _, options = parse_options_header(content_type)
+    try:
+        decoder = MultipartDecoder(options.get("boundary", "").encode("ascii"))
+        decoder.receive_data(body)
+        decoder.receive_data(None)
+        parts: list[tuple[str, bool]] = []
+        event = decoder.next_event()
+        while not isinstance(event, (Epilogue, NeedData)):
+            if isinstance(event, File):
+                parts.append((event.name, True))
+            elif isinstance(event, Field):
+                parts.append((event.name, False))
+            elif not isinstance(event, (Data, Preamble)):
+                raise ValueError(f"unexpected {event!r}")
+            event = decoder.next_event()
+    except (ValueError, UnicodeError) as err:
+        raise InvalidPostArgument(_UNREADABLE_FORM) from err
+    return parts
 
 
 def _policy(policy_b64: str) -> dict[str, Any]:

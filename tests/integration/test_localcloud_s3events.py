@@ -281,6 +281,42 @@ def test_a_presigned_post_is_refused_as_s3_refuses_it(cloud_with) -> None:
     assert importer.events == []
 
 
+def test_a_form_that_moto_could_read_otherwise_than_the_gate_is_refused_and_nothing_is_written(
+    cloud_with,
+) -> None:
+    importer = Importer()
+    cloud = cloud_with(importer)
+    bucket = cloud.stack.physical["ImportBucket"]
+    signed = "imports/imp-0123456789abcdef.csv"
+    ok = presign(cloud, signed, max_bytes=10)
+    # The policy says key eq imports/imp-....csv; a second key field in another letter case used
+    # to pass that check while moto wrote the first one, spelled "key".
+    smuggled = [("key", "imports/evil.csv"), *((k, v) for k, v in ok["fields"].items() if k != "key")]
+    smuggled.append(("KEY", signed))
+    reply = requests.post(ok["url"], data=smuggled, files={"file": ("history.csv", b"x")}, timeout=30)
+    status, code, message = _error(reply)
+    assert (status, code) == (400, "InvalidArgument"), reply.text
+    assert "'key' more than once" in message
+    # A second file part (moto stores the last one) would get past content-length-range.
+    extra_file = {"file": ("history.csv", b"x"), "zzz": ("big.csv", b"x" * 1000)}
+    reply = requests.post(ok["url"], data=ok["fields"], files=extra_file, timeout=30)
+    assert _error(reply)[:2] == (400, "InvalidArgument"), reply.text
+    # ?delete would make moto delete the keys listed in the file, under a PutObject policy.
+    s3 = cloud.client("s3")
+    s3.put_object(Bucket=bucket, Key="elsewhere/keep.csv", Body=b"1")
+    delete = b"<Delete><Object><Key>elsewhere/keep.csv</Key></Object></Delete>"
+    roomy = presign(cloud, signed, max_bytes=100)  # the XML is within the policy's size
+    reply = requests.post(
+        roomy["url"] + "?delete", data=roomy["fields"], files={"file": ("d.xml", delete)}, timeout=30
+    )
+    assert _error(reply)[:2] == (400, "InvalidArgument"), reply.text
+    assert stored(cloud, "elsewhere/keep.csv")
+    assert not stored(cloud, "imports/evil.csv")
+    assert not stored(cloud, signed)
+    time.sleep(1)
+    assert importer.events == []
+
+
 def test_without_the_s3_permission_the_importer_is_not_invoked_and_the_cloud_says_why(cloud_with) -> None:
     importer = Importer()
     said: list[str] = []

@@ -528,7 +528,7 @@ def _verify_post(fields: dict[str, str], content: bytes | None, **kwargs: Any) -
 
 
 def test_post_upload_within_the_policy_passes_with_its_signer_and_size() -> None:
-    upload = _presigned_post("imports/${filename}", [["starts-with", "$key", "imports/"]])
+    upload = _presigned_post("imports/a.csv", [["starts-with", "$key", "imports/"]])
     got = _verify_post(upload["fields"], b"abc", filename="a.csv")
     assert (got.bucket, got.key, got.size) == (BUCKET, "imports/a.csv", 3)
     assert got.signer.access_key == ACCESS_KEY and got.signer.region == "us-east-1"
@@ -567,3 +567,93 @@ def test_post_upload_by_an_unknown_key_is_refused() -> None:
     }
     with pytest.raises(sigv4.InvalidAccessKeyId):
         _verify_post(fields, b"a")
+
+
+# Forms that moto could read otherwise than the gate checked them: refused outright, 400.
+
+
+def _form_of(parts: list[tuple[str, bytes, str | None]]) -> tuple[str, bytes]:
+    """A multipart/form-data body of these parts in this order: (name, value, filename or None)."""
+    boundary = "----localcloudtestboundary"
+    chunks = []
+    for name, value, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        chunks.append(
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+        )
+    return f"multipart/form-data; boundary={boundary}", b"".join(chunks) + f"--{boundary}--\r\n".encode()
+
+
+def _verify_parts(parts: list[tuple[str, bytes, str | None]], raw_query: str = "") -> sigv4.PostUpload:
+    content_type, body = _form_of(parts)
+    return sigv4.verify_post(
+        raw_path=f"/{BUCKET}",
+        raw_query=raw_query,
+        content_type=content_type,
+        body=body,
+        secret_for=SECRETS.get,
+    )
+
+
+def _signed_parts(key: str, conditions: list[Any]) -> list[tuple[str, bytes, str | None]]:
+    upload = _presigned_post(key, conditions)
+    return [(name, value.encode(), None) for name, value in upload["fields"].items()]
+
+
+_FILE = ("file", b"abc", "a.csv")
+
+
+def _refused(parts: list[tuple[str, bytes, str | None]], match: str, raw_query: str = "") -> None:
+    with pytest.raises(sigv4.InvalidPostArgument, match=match) as caught:
+        _verify_parts(parts, raw_query)
+    assert (caught.value.status, caught.value.code) == (400, "InvalidArgument")
+    assert b"<Code>InvalidArgument</Code>" in caught.value.xml()
+
+
+def test_post_upload_as_a_browser_sends_it_passes() -> None:
+    parts = _signed_parts("imports/imp-x.csv", [["eq", "$key", "imports/imp-x.csv"]])
+    got = _verify_parts([*parts, _FILE])
+    assert (got.key, got.size) == ("imports/imp-x.csv", 3)
+    got = _verify_parts([*parts, ("File", b"abcd", "a.csv")])  # the file's name is case-insensitive
+    assert got.size == 4
+
+
+def test_post_upload_with_a_field_given_twice_in_any_case_is_refused() -> None:
+    parts = _signed_parts("imports/imp-x.csv", [["eq", "$key", "imports/imp-x.csv"]])
+    key_first = [("key", b"imports/evil.csv", None), *parts, _FILE]
+    _refused(key_first, "field 'key' more than once")
+    _refused([("KEY", b"imports/evil.csv", None), *parts, _FILE], "field 'key' more than once")
+    _refused([*parts, ("Policy", b"x", None), _FILE], "field 'policy' more than once")
+    # a text field named file beside the file part: moto would see both
+    _refused([*parts, ("file", b"text", None), _FILE], "field 'file' more than once")
+
+
+def test_post_upload_with_any_file_part_but_one_named_file_is_refused() -> None:
+    parts = _signed_parts("imports/imp-x.csv", [["content-length-range", 1, 3]])
+    _refused([*parts, _FILE, ("zzz", b"x" * 1000, "big.csv")], r"exactly one file.*'file', 'zzz'")
+    _refused([*parts, ("zzz", b"x" * 1000, "big.csv"), _FILE], r"exactly one file.*'zzz', 'file'")
+    _refused([*parts, ("upload", b"abc", "a.csv")], r"exactly one file.*'upload'")
+    _refused([*parts, _FILE, _FILE], "field 'file' more than once")
+
+
+def test_post_upload_with_a_field_after_the_file_is_refused() -> None:
+    parts = _signed_parts("imports/imp-x.csv", [["eq", "$key", "imports/imp-x.csv"]])
+    *before, last = parts
+    _refused([*before, _FILE, last], f"last field.*'{last[0]}' comes after it")
+
+
+def test_post_upload_with_filename_in_its_key_is_refused() -> None:
+    parts = _signed_parts("imports/${filename}", [["starts-with", "$key", "imports/"]])
+    _refused([*parts, ("file", b"abc", "../../other/evil.csv")], r"does not support \$\{filename\}")
+
+
+def test_post_upload_with_a_query_string_is_refused() -> None:
+    parts = _signed_parts("imports/imp-x.csv", [["eq", "$key", "imports/imp-x.csv"]])
+    _refused([*parts, _FILE], "query string", raw_query="delete")
+
+
+def test_post_upload_that_is_not_multipart_is_refused() -> None:
+    with pytest.raises(sigv4.InvalidPostArgument, match="cannot read"):
+        sigv4.verify_post(
+            raw_path=f"/{BUCKET}", content_type="multipart/form-data", body=b"x", secret_for=SECRETS.get
+        )
