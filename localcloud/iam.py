@@ -113,6 +113,28 @@ def _dynamodb_table_op(action: str) -> Any:
     return mapper
 
 
+def _leading_keys(key: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``dynamodb:LeadingKeys`` of a call on one item: the partition key's value, as the
+    condition compares it ("Using IAM policy conditions for fine-grained access control",
+    https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/specifying-conditions.html).
+    Known only from a ``Key`` with a single attribute (a table without a sort key, every table
+    here); otherwise none, and a ForAllValues condition on it holds vacuously, as on AWS for a
+    call without the key."""
+    if not key or len(key) != 1:
+        return {}
+    [value] = key.values()
+    scalar = next(iter(value.values())) if isinstance(value, dict) and value else None
+    return {"dynamodb:LeadingKeys": [str(scalar)]} if scalar is not None else {}
+
+
+def _dynamodb_item_op(action: str) -> Any:
+    def mapper(p: dict[str, Any], account: str, region: str, world: World) -> list[Check]:
+        arn = _table(p["TableName"], account, region)
+        return [Check(f"dynamodb:{action}", arn, _leading_keys(p.get("Key")))]
+
+    return mapper
+
+
 def _dynamodb_batch(action: str) -> Any:
     def mapper(p: dict[str, Any], account: str, region: str, world: World) -> list[Check]:
         return [Check(f"dynamodb:{action}", _table(t, account, region), {}) for t in p["RequestItems"]]
@@ -137,7 +159,8 @@ def _transact_write(p: dict[str, Any], account: str, region: str, world: World) 
     for item in p["TransactItems"]:
         for kind, body in item.items():
             action = f"dynamodb:{_TRANSACT_WRITE_ACTIONS[kind]}"
-            out.append(Check(action, _table(body["TableName"], account, region), _IN_TRANSACT_WRITE))
+            context = {**_IN_TRANSACT_WRITE, **_leading_keys(body.get("Key"))}
+            out.append(Check(action, _table(body["TableName"], account, region), context))
     return out
 
 
@@ -477,10 +500,10 @@ def _nothing(p: dict[str, Any], account: str, region: str, world: World) -> list
 _MAPPERS: dict[tuple[str, str], Any] = {
     ("dynamodb", "BatchWriteItem"): _dynamodb_batch("BatchWriteItem"),
     ("dynamodb", "BatchGetItem"): _dynamodb_batch("BatchGetItem"),
-    ("dynamodb", "GetItem"): _dynamodb_table_op("GetItem"),
+    ("dynamodb", "GetItem"): _dynamodb_item_op("GetItem"),
     ("dynamodb", "PutItem"): _dynamodb_table_op("PutItem"),
-    ("dynamodb", "UpdateItem"): _dynamodb_table_op("UpdateItem"),
-    ("dynamodb", "DeleteItem"): _dynamodb_table_op("DeleteItem"),
+    ("dynamodb", "UpdateItem"): _dynamodb_item_op("UpdateItem"),
+    ("dynamodb", "DeleteItem"): _dynamodb_item_op("DeleteItem"),
     ("dynamodb", "Query"): _dynamodb_table_op("Query"),
     ("dynamodb", "Scan"): _dynamodb_table_op("Scan"),
     ("dynamodb", "DescribeTable"): _dynamodb_table_op("DescribeTable"),

@@ -527,3 +527,29 @@ def test_a_score_batch_given_up_on_reaches_its_own_failure_queue(make_cloud, tmp
     assert "dynamodb:Query" in (tmp_path / "functions.log").read_text()
     train_queue = cloud.stack.physical["TrainFailureQueue"]
     assert not sqs.receive_message(QueueUrl=train_queue).get("Messages")
+
+
+def test_the_importer_role_may_change_the_lock_item_and_no_other_model_table_item(make_cloud) -> None:
+    """dynamodb:LeadingKeys: the gate supplies the partition key's value of an item call, and the
+    importer's model-table grant holds only for "lock" (its import holds)."""
+    from lambdas.core import lock
+
+    cloud = make_cloud()
+    models = cloud.stack.table_name("ModelTable")
+    importer = as_role(cloud, "ImporterFunctionRole", "dynamodb")
+    holds = lock.LockStore(models, client=importer)
+    now = time.time()
+    holds.set_holds(lambda s: lock.hold(s, "imp-0000000000000001", int(now * 1000) + 60_000, now))
+    state = lock.LockStore(models, client=cloud.client("dynamodb")).read()
+    assert [i for i, _ in state.holds] == ["imp-0000000000000001"]
+    for key in ("latest", f"live#{V1}"):
+        with pytest.raises(ClientError) as denied:
+            importer.update_item(
+                TableName=models,
+                Key={"pk": {"S": key}},
+                UpdateExpression="SET version = :v",
+                ExpressionAttributeValues={":v": {"S": V1}},
+            )
+        assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+        with pytest.raises(ClientError):
+            importer.get_item(TableName=models, Key={"pk": {"S": key}})
