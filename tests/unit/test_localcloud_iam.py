@@ -148,7 +148,13 @@ def test_checks_transact_write_items_authorizes_each_item_as_its_own_action() ->
         ("dynamodb:ConditionCheckItem", "b"),
     ]
     assert {k.context["dynamodb:EnclosingOperation"] for k in checks(c)} == {"TransactWriteItems"}
-    assert checks(call("dynamodb", "UpdateItem", TableName="a", Key=ITEM))[0].context == {}
+    # Outside a transaction there is no enclosing operation; a call on one item names its
+    # partition key's value (dynamodb:LeadingKeys), in a transaction too.
+    key_value = ITEM["id"]["S"]
+    plain = checks(call("dynamodb", "UpdateItem", TableName="a", Key=ITEM))[0].context
+    assert plain == {"dynamodb:LeadingKeys": [key_value]}
+    leading = [k.context.get("dynamodb:LeadingKeys") for k in checks(c)]
+    assert leading == [None, [key_value], [key_value], [key_value]]  # PutItem has no Key
 
 
 def test_checks_transact_get_and_batch_get() -> None:
