@@ -41,6 +41,13 @@ class PayloadTooLarge(AutoretrainError):
     code = "payload_too_large"
 
 
+class Forbidden(AutoretrainError):
+    """The caller is not allowed: no authenticated client, or a revoked one."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(AutoretrainError):
     status = 404
     code = "not_found"
