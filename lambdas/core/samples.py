@@ -292,36 +292,45 @@ def request_digest(samples: list[Sample]) -> str:
     return _sha256(_canonical_json([s.canonical() for s in samples]))
 
 
-def _key(sample: Sample, origin: str) -> str:
+def _key(sample: Sample, origin: str, client: str | None) -> str:
     """``"s-" + sha256(...)`` of a sample: its id and content when it has an id (wherever it
-    came from), else its content and ``origin`` (where in which request or file it was sent)."""
+    came from), else its content and ``origin`` (where in which request or file it was sent);
+    and the sending client's name, when there is one.
+
+    The client is part of the key so that no client can write over another's sample: the same
+    content with the same id, sent by someone else, is another item, attributed to its own
+    sender (lambdas/core/clients.py), never a re-attribution of the first."""
     content = _canonical_json(sample.canonical())
     if sample.client_id is not None:
         basis = f"id\x00{sample.client_id}\x00{content}"
     else:
         basis = f"{origin}\x00{content}"
+    if client is not None:
+        basis = f"client\x00{client}\x00{basis}"
     return KEY_PREFIX + _sha256(basis)
 
 
-def item_keys(samples: list[Sample]) -> list[str]:
+def item_keys(samples: list[Sample], *, client: str | None = None) -> list[str]:
     """The data table key of each sample: ``"s-" + sha256(...)``.
 
     With a client ``id`` the key covers the id and the content: resending writes the same
     item, and an id reused for different content makes a new item instead of overwriting.
     Without one it covers the content, the request digest and the position in the request:
     resending the same request writes the same items, two identical samples in one request are
-    two observations, and two different requests never share a key.
+    two observations, and two different requests never share a key. ``client``: the sender's
+    name (two clients never share a key).
     """
     digest = request_digest(samples)
-    return [_key(sample, f"request\x00{digest}\x00{index}") for index, sample in enumerate(samples)]
+    return [_key(sample, f"request\x00{digest}\x00{index}", client) for index, sample in enumerate(samples)]
 
 
-def import_key(sample: Sample, *, digest: str, line: int) -> str:
+def import_key(sample: Sample, *, digest: str, line: int, client: str | None = None) -> str:
     """The data table key of a sample read from line ``line`` of an imported file whose bytes
     hash to ``digest`` (sha256 hex): ``item_keys``' scheme with the file in place of the request.
 
-    With an ``id`` it is the key ``POST /upload`` gives the same sample. Without one it covers
+    With an ``id`` it is the key ``POST /upload`` gives the same sample from the same
+    ``client``. Without one it covers
     the content, the file's digest and the line: importing the same file again writes the same
     keys (nothing new), identical rows on two lines are two observations, and two different
     files never share a key."""
-    return _key(sample, f"import\x00{digest}\x00{line}")
+    return _key(sample, f"import\x00{digest}\x00{line}", client)

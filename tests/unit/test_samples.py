@@ -194,3 +194,19 @@ def test_item_keys_client_id_is_stable_across_requests() -> None:
 
 def test_item_keys_client_id_reused_for_other_content_is_a_new_key() -> None:
     assert keys_of([with_(id="c-1")]) != keys_of([with_(id="c-1", label="warm")])
+
+
+def test_two_clients_never_share_a_key_and_one_client_resending_does() -> None:
+    from lambdas.core.samples import import_key, item_keys, parse_samples
+
+    body = [{"temp": 75, "rh": 45, "wind": 0.1, "clo": 0.6, "label": "neutral", "id": "reading-1"}]
+    samples = parse_samples(body, now_ms=1, max_samples=10)
+    alice, again, mallory = (
+        item_keys(samples, client="alice"),
+        item_keys(samples, client="alice"),
+        item_keys(samples, client="mallory"),
+    )
+    assert alice == again
+    assert alice != mallory
+    # An imported row with an id has the key the same client's upload gives it.
+    assert import_key(samples[0], digest="d" * 64, line=2, client="alice") == alice[0]
