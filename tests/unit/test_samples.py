@@ -199,7 +199,7 @@ def test_item_keys_client_id_reused_for_other_content_is_a_new_key() -> None:
 def test_two_clients_never_share_a_key_and_one_client_resending_does() -> None:
     from lambdas.core.samples import import_key, item_keys, parse_samples
 
-    body = [{"temp": 75, "rh": 45, "wind": 0.1, "clo": 0.6, "label": "neutral", "id": "reading-1"}]
+    body = [{"temp": 75, "rh": 45, "wind": 0.1, "clo": 0.6, "label": "ok", "id": "reading-1"}]
     samples = parse_samples(body, now_ms=1, max_samples=10)
     alice, again, mallory = (
         item_keys(samples, client="alice"),
