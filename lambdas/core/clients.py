@@ -26,6 +26,7 @@ existed, with no ``client`` attribute). Both are trusted until a record says oth
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets
 import time
@@ -205,7 +206,7 @@ class Clients:
         item = self.ddb.get_item(TableName=self.table, Key={"pk": {"S": pk}}).get("Item")
         return Client.from_record(from_item(item)) if item else None
 
-    def list(self) -> list[Client]:
+    def list(self) -> builtins.list[Client]:
         """Every recorded client, by name."""
         out: list[Client] = []
         kwargs: dict[str, Any] = {
@@ -227,9 +228,13 @@ class Clients:
         trust.update({c.name: c.trust for c in self.list()})
         return trust
 
-    def set_trust(self, name: str, trust: str, *, actor: str, reason: str) -> Client:
+    def set_trust(
+        self, name: str, trust: str, *, actor: str, reason: str, api_key_id: str | None = None
+    ) -> Client:
         """Change a client's trust, its identity's pointer and record the event, in one
-        transaction. A built-in without a record gets one. NotFound for an unknown client."""
+        transaction. A built-in without a record gets one, with ``api_key_id`` (the traffic
+        function's key: its pointer then carries the trust to the upload function). NotFound
+        for an unknown client."""
         check_trust(trust)
         try:
             current = self.get(name)
@@ -240,6 +245,7 @@ class Clients:
                 name,
                 trust=TRUSTED,
                 source=TRAFFIC if name == TRAFFIC else "api",
+                api_key_id=api_key_id,
                 actor=actor,
                 reason=f"built-in: {BUILT_IN[name]}",
             )
@@ -295,7 +301,7 @@ class Clients:
         )
         return _public(item)
 
-    def events(self, limit: int = 50) -> list[dict[str, Any]]:
+    def events(self, limit: int = 50) -> builtins.list[dict[str, Any]]:
         """The newest ``limit`` events, newest first."""
         page = self.ddb.query(
             TableName=self.table,

@@ -117,3 +117,16 @@ def test_a_revoked_client_is_refused_once_the_cache_expires(reg: Clients, stack:
     with pytest.raises(Forbidden) as err:
         resolver.client_for(request(apiKeyId="k-alice"))
     assert err.value.status == 403 and "revoked" in err.value.message
+
+
+def test_revoking_the_built_in_traffic_client_reaches_the_resolver(
+    reg: Clients, stack: Any, dynamodb: Any
+) -> None:
+    resolver = Resolver(stack.physical["ModelTable"], traffic_api_key_id="k-traffic", ddb=dynamodb, ttl_s=0.0)
+    assert resolver.client_for(request(apiKeyId="k-traffic")).name == "traffic"
+    reg.set_trust(
+        "traffic", clients.REVOKED, actor="ops", reason="a bug made bad labels", api_key_id="k-traffic"
+    )
+    assert reg.get("traffic").source == "traffic"
+    with pytest.raises(Forbidden):
+        resolver.client_for(request(apiKeyId="k-traffic"))
