@@ -11,15 +11,39 @@ Limits: https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html
 It accepts up to ``LISTEN_BACKLOG`` waiting connections, so a burst of clients queues
 instead of being reset.
 
+API keys and usage plans (``private: true`` routes), read from the local AWS endpoint's API
+Gateway (moto) through boto3, at most ``KEY_CACHE_S`` old, so a key the clients CLI creates or
+disables there counts at once (a key not yet seen triggers a fresh read). The answers are API
+Gateway's default gateway responses ("Gateway response types for API Gateway", developer
+guide: INVALID_API_KEY 403, THROTTLED 429, QUOTA_EXCEEDED 429; bodies as AWS re:Post's
+"How do I troubleshoot 429 ... errors for my API Gateway REST API" shows them):
+- no ``x-api-key`` header (any case), an unknown value, a disabled key, or a key in no usage
+  plan: 403 ``{"message": "Forbidden"}``;
+- over the plan's throttle: 429 ``{"message": "Too Many Requests"}``. A token bucket per key
+  and plan, ``burstLimit`` tokens deep, refilled at ``rateLimit`` per second (API Gateway's
+  burst capacity is "provided by the token bucket algorithm": AWS re:Post, the same article);
+- over the plan's quota for its period (DAY, WEEK, MONTH; UTC): 429
+  ``{"message": "Limit Exceeded"}``.
+In none of these is the function invoked. An accepted request's proxy event carries
+``requestContext.identity.apiKey`` (the value) and ``apiKeyId``. A CORS preflight needs no key.
+
 Unlike API Gateway, the URL has no stage prefix (``/upload``, not ``/local/upload``), an
 unknown path answers 404 and a known path with the wrong method 405 (API Gateway answers 403
 "Missing Authentication Token" to both), and ``GET /`` serves static files from ``web/``
-when that folder exists.
+when that folder exists. Usage counts live in this process (a restart starts them at zero,
+API Gateway keeps them); a quota's ``offset`` is not applied; a WEEK starts on Monday (UTC);
+the local plans carry no API stage (moto holds no REST API for this front), so every plan
+counts for the one local stage, and a key found in two plans is refused (403), since API
+Gateway never lets a key into two plans of one stage. Stricter than AWS: throttling and
+quotas are exact here, while AWS applies them "on a best-effort basis" (CloudFormation
+template reference, AWS::ApiGateway::UsagePlan: "In some cases clients can exceed the targets
+that you set").
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import mimetypes
 import re
@@ -39,6 +63,12 @@ MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # Lambda's synchronous response limit
 INTEGRATION_TIMEOUT_S = 29
 LISTEN_BACKLOG = 1024
+# Keys and plans are read again from the local AWS endpoint when older than this.
+KEY_CACHE_S = 1.0
+API_KEY_HEADER = "x-api-key"
+FORBIDDEN = (403, {"message": "Forbidden"})
+TOO_MANY_REQUESTS = (429, {"message": "Too Many Requests"})
+LIMIT_EXCEEDED = (429, {"message": "Limit Exceeded"})
 DEFAULT_CORS_HEADERS = (
     "Content-Type,X-Amz-Date,Authorization,X-Api-Key,X-Amz-Security-Token,X-Amz-User-Agent,X-Amzn-Trace-Id"
 )
@@ -77,6 +107,7 @@ class Route:
     resource: str  # "/s3proxy/{version}/{filename}"
     pattern: re.Pattern[str]
     cors: Cors | None
+    private: bool = False  # needs an API key in a usage plan (x-api-key)
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self.pattern.fullmatch(path)
@@ -115,10 +146,167 @@ def routes(stack: infra.Stack) -> list[Route]:
                     resource=resource,
                     pattern=_pattern(resource),
                     cors=Cors.from_event(spec.get("cors")),
+                    private=bool(spec.get("private", False)),
                 )
             )
     # Literal paths win over parameters, as in API Gateway.
     return sorted(out, key=lambda r: (r.resource.count("{"), -len(r.resource)))
+
+
+# --- API keys and usage plans ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    value: str
+    name: str
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    name: str
+    rate_limit: float | None  # requests per second; None: no throttle
+    burst_limit: int | None
+    quota_limit: int | None  # requests per period; None: no quota
+    quota_period: str | None  # DAY | WEEK | MONTH
+
+    @classmethod
+    def from_api(cls, plan: dict[str, Any]) -> Plan:
+        throttle = plan.get("throttle") or {}
+        quota = plan.get("quota") or {}
+        period = quota.get("period")
+        if quota and period not in ("DAY", "WEEK", "MONTH"):
+            raise ValueError(
+                f"usage plan {plan.get('name')!r}: quota period {period!r} is not DAY, WEEK or MONTH"
+            )
+        return cls(
+            id=str(plan["id"]),
+            name=str(plan.get("name", "")),
+            rate_limit=float(throttle["rateLimit"]) if "rateLimit" in throttle else None,
+            burst_limit=int(throttle["burstLimit"]) if "burstLimit" in throttle else None,
+            quota_limit=int(quota["limit"]) if "limit" in quota else None,
+            quota_period=period,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    keys: dict[str, Key]  # by value
+    plans: dict[str, list[Plan]]  # by key id
+
+
+def period_start(period: str, now: float) -> str:
+    """The UTC start of the quota period that holds ``now``: the day, the week (Monday), or the
+    calendar month."""
+    day = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    if period == "WEEK":
+        day -= dt.timedelta(days=day.weekday())
+    elif period == "MONTH":
+        day = day.replace(day=1)
+    return day.isoformat()
+
+
+class ApiKeys:
+    """API Gateway's API key check of a private route: the key's value, its state and its usage
+    plan read from the local AWS endpoint (``client()``: a boto3 API Gateway client), cached
+    for at most ``ttl_s``; the plan's throttle (token bucket) and quota counted here."""
+
+    def __init__(
+        self,
+        client: Callable[[], Any],
+        *,
+        ttl_s: float = KEY_CACHE_S,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._client_factory = client
+        self._client: Any = None
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._read_at = float("-inf")
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # (plan, key) -> tokens, at
+        self._used: dict[tuple[str, str, str], int] = {}  # (plan, key, period start) -> requests
+
+    def check(self, value: str | None) -> tuple[int, dict[str, Any]] | Key:
+        """The key a request may go on with, or the (status, body) API Gateway answers."""
+        if not value:
+            return FORBIDDEN
+        with self._lock:
+            snapshot = self._snapshot
+            if snapshot is None or self._clock() - self._read_at >= self.ttl_s:
+                snapshot = self._read()
+            elif (cached := snapshot.keys.get(value)) is None or not snapshot.plans.get(cached.id):
+                # Unknown here, or in no plan yet: maybe created a moment ago (the clients CLI).
+                snapshot = self._read()
+            key = snapshot.keys.get(value)
+            if key is None or not key.enabled:
+                return FORBIDDEN
+            plans = snapshot.plans.get(key.id) or []
+            if len(plans) != 1:
+                # None: the key opens no stage. Two: API Gateway never allows it on one stage.
+                return FORBIDDEN
+            plan = plans[0]
+            if not self._take_token(plan, key):
+                return TOO_MANY_REQUESTS
+            if not self._count(plan, key):
+                return LIMIT_EXCEEDED
+            return key
+
+    def _take_token(self, plan: Plan, key: Key) -> bool:
+        if plan.rate_limit is None and plan.burst_limit is None:
+            return True
+        rate = plan.rate_limit or 0.0
+        # A plan with a rate and no burst: one request's worth of bucket.
+        capacity = float(plan.burst_limit if plan.burst_limit is not None else 1)
+        now = self._clock()
+        tokens, at = self._buckets.get((plan.id, key.id), (capacity, now))
+        tokens = min(capacity, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[(plan.id, key.id)] = (tokens, now)
+            return False
+        self._buckets[(plan.id, key.id)] = (tokens - 1.0, now)
+        return True
+
+    def _count(self, plan: Plan, key: Key) -> bool:
+        if plan.quota_limit is None or plan.quota_period is None:
+            return True
+        slot = (plan.id, key.id, period_start(plan.quota_period, self._wall()))
+        used = self._used.get(slot, 0)
+        if used >= plan.quota_limit:
+            return False
+        self._used[slot] = used + 1
+        return True
+
+    def _read(self) -> Snapshot:
+        if self._client is None:
+            self._client = self._client_factory()
+        client = self._client
+        keys: dict[str, Key] = {}
+        for page in client.get_paginator("get_api_keys").paginate(includeValues=True):
+            for item in page.get("items", []):
+                if item.get("value"):
+                    keys[item["value"]] = Key(
+                        id=str(item["id"]),
+                        value=str(item["value"]),
+                        name=str(item.get("name", "")),
+                        enabled=bool(item.get("enabled", False)),
+                    )
+        plans: dict[str, list[Plan]] = {}
+        for page in client.get_paginator("get_usage_plans").paginate():
+            for item in page.get("items", []):
+                plan = Plan.from_api(item)
+                for keys_page in client.get_paginator("get_usage_plan_keys").paginate(usagePlanId=plan.id):
+                    for member in keys_page.get("items", []):
+                        plans.setdefault(str(member["id"]), []).append(plan)
+        self._snapshot = Snapshot(keys=keys, plans=plans)
+        self._read_at = self._clock()
+        return self._snapshot
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -156,10 +344,14 @@ class ApiServer(ThreadingHTTPServer):
         port: int = 0,
         web_dir: Path | None = None,
         log_path: Path | None = None,
+        api_keys: ApiKeys | None = None,
     ) -> None:
+        """``api_keys`` checks the private routes' keys; without it every private route
+        answers 403, as API Gateway does to a request with no valid key."""
         super().__init__((host, port), _Handler)
         self.stack = stack
         self.invoke = invoke
+        self.api_keys = api_keys
         self.routes = routes(stack)
         self.web_dir = web_dir
         self.integration_timeout_s: float = INTEGRATION_TIMEOUT_S
@@ -219,7 +411,16 @@ class ApiServer(ThreadingHTTPServer):
             return
         for route, params in candidates:
             if route.method in {method, "ANY"} or (method == "HEAD" and route.method == "GET"):
-                self._call(request, route, params, url.path, url.query, body)
+                key: Key | None = None
+                if route.private:
+                    verdict = self._check_key(request)
+                    if not isinstance(verdict, Key):
+                        status, answer = verdict
+                        self.access_log(f"{method} {url.path}: API key refused, {status} {answer['message']}")
+                        self._send_json(request, status, answer)
+                        return
+                    key = verdict
+                self._call(request, route, params, url.path, url.query, body, key)
                 return
         allowed = sorted({route.method for route, _ in candidates})
         self._send_json(
@@ -228,6 +429,17 @@ class ApiServer(ThreadingHTTPServer):
             {"message": f"{method} is not allowed on {url.path}; use {', '.join(allowed)}"},
             {"Allow": ",".join(allowed)},
         )
+
+    def _check_key(self, request: _Handler) -> tuple[int, dict[str, Any]] | Key:
+        # HTTP header names are case-insensitive; http.server's headers look them up so.
+        value = request.headers.get(API_KEY_HEADER)
+        if self.api_keys is None:
+            return FORBIDDEN
+        try:
+            return self.api_keys.check(value)
+        except Exception as err:  # noqa: BLE001 - the keys could not be read: refuse, never let through
+            self.access_log(f"API keys could not be read: {err!r}")
+            return 500, {"message": "Internal server error"}
 
     def _preflight(self, request: _Handler, matched: list[Route]) -> None:
         cors = next((route.cors for route in matched if route.cors), None)
@@ -245,9 +457,16 @@ class ApiServer(ThreadingHTTPServer):
         self._send(request, 200, {**headers, "Content-Type": "application/json"}, b"")
 
     def _call(
-        self, request: _Handler, route: Route, params: dict[str, str], path: str, query: str, body: bytes
+        self,
+        request: _Handler,
+        route: Route,
+        params: dict[str, str],
+        path: str,
+        query: str,
+        body: bytes,
+        key: Key | None = None,
     ) -> None:
-        event = proxy_event(request, route, params, path, query, body, self.stack.stage)
+        event = proxy_event(request, route, params, path, query, body, self.stack.stage, key)
         outcome: dict[str, Any] = {}
 
         def call() -> None:
@@ -339,9 +558,17 @@ def _read_body(request: _Handler) -> bytes:
 
 
 def proxy_event(
-    request: _Handler, route: Route, params: dict[str, str], path: str, query: str, body: bytes, stage: str
+    request: _Handler,
+    route: Route,
+    params: dict[str, str],
+    path: str,
+    query: str,
+    body: bytes,
+    stage: str,
+    key: Key | None = None,
 ) -> dict[str, Any]:
-    """The REST API (v1) Lambda proxy event for one request."""
+    """The REST API (v1) Lambda proxy event for one request; ``key``: the API key a private
+    route accepted ($context.identity.apiKey and apiKeyId)."""
     headers: dict[str, str] = {}
     multi_headers: dict[str, list[str]] = {}
     for name, value in request.headers.items():
@@ -357,6 +584,9 @@ def proxy_event(
     except UnicodeDecodeError:
         text, encoded = base64.b64encode(body).decode("ascii"), True
     now = time.time()
+    identity: dict[str, Any] = {"sourceIp": request.client_address[0], "userAgent": headers.get("User-Agent")}
+    if key is not None:
+        identity.update({"apiKey": key.value, "apiKeyId": key.id})
     return {
         "resource": route.resource,
         "path": path,
@@ -378,7 +608,7 @@ def proxy_event(
             "accountId": infra.LOCAL_ACCOUNT,
             "apiId": "local",
             "domainName": headers.get("Host", "127.0.0.1"),
-            "identity": {"sourceIp": request.client_address[0], "userAgent": headers.get("User-Agent")},
+            "identity": identity,
         },
         "body": text,
         "isBase64Encoded": encoded,

@@ -54,6 +54,10 @@ SERVICES = (
     "ecr",
     "logs",
     "ssm",
+    # API keys and usage plans (the API front reads them, the clients CLI writes them) and the
+    # stack's secrets.
+    "apigateway",
+    "secretsmanager",
 )
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/]+)/([^/]+)/aws4_request")
@@ -123,9 +127,9 @@ def parse(request: WireRequest) -> ApiCall | None:
         operation = _operation(model, action)
         protocol = model.protocol
         url_params = {}
-    elif model.protocol == "rest-xml":
+    elif model.protocol in ("rest-xml", "rest-json"):
         operation, url_params = _rest_operation(model, request.method, request.path, query, headers)
-        protocol = "rest-xml"
+        protocol = model.protocol
         values = query
     else:
         raise UnparsableRequest(f"{model.service_name}: protocol {model.protocol} is not supported locally")
@@ -197,7 +201,7 @@ def _rest_routes(service: str) -> list[tuple[str, re.Pattern[str], dict[str, str
         path, _, marker_text = op.http["requestUri"].partition("?")
         markers = dict(parse_qsl(marker_text, keep_blank_values=True))
         pattern = re.sub(
-            r"\\\{([A-Za-z0-9]+)(\\\+)?\\\}",
+            r"\\\{([A-Za-z0-9_]+)(\\\+)?\\\}",
             lambda m: f"(?P<{m.group(1)}>{'.+' if m.group(2) else '[^/]+'})",
             re.escape(path),
         )

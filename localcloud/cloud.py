@@ -2,8 +2,11 @@
 
 ``LocalCloud`` starts, in order: the local AWS endpoint (moto's server behind the gate that
 checks credentials, presigned URLs, service limits and IAM, in a process of its own); the
-tables, bucket, queue, topic, repository and roles the file declares; an API Gateway stand-in
-serving the file's ``http`` routes; a scheduler firing its enabled ``schedule`` events; then
+tables, bucket, queue, topic, repository, roles, secrets, usage plans and API keys the file
+declares; the default client (``default``, trusted: an API key in the ``clients`` plan and its
+registry record), whose key ``api_key`` and endpoints.json hold; an API Gateway stand-in
+serving the file's ``http`` routes (the private ones check keys and plans in moto); a
+scheduler firing its enabled ``schedule`` events; then
 the drivers for what moto does not do by itself (stream poller, instance runner, alarm
 evaluator, notifications). Each function runs in worker processes of its own
 (``localcloud.functions``) with the environment the file gives it and its role's temporary
@@ -25,9 +28,10 @@ from typing import Any
 
 import boto3
 
-from lambdas.core import aws
+from lambdas.core import aws, clients
+from lambdas.core.errors import NotFound
 from localcloud import infra
-from localcloud.apigw import ApiServer
+from localcloud.apigw import ApiKeys, ApiServer
 from localcloud.awsserver import AwsServer
 from localcloud.driver import Context, Driver
 from localcloud.functions import FunctionPool, FunctionSpec
@@ -49,6 +53,12 @@ IAM_RECORD_ENV = "LOCALCLOUD_IAM_RECORD"
 DEFAULT_MAX_CONCURRENCY = 8
 # Host variables a worker process keeps: what Python and numpy need to run here, not settings.
 _PASSED_THROUGH = ("HOME", "LANG", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "SYSTEMROOT", "TMPDIR")
+# The local cloud's own client: whoever uses the local API without naming another key.
+DEFAULT_CLIENT = "default"
+DEFAULT_CLIENT_PLAN = "clients"
+# The `operators` plan's key (a resource of serverless.yml): the registry function accepts only
+# it (OPERATOR_API_KEY_ID).
+OPERATOR_KEY_LOGICAL_ID = "OperatorApiKey"
 # A real profile or session token must never leak into the local cloud's calls.
 _UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
@@ -133,6 +143,8 @@ class LocalCloud:
         self._credentials: dict[str, dict[str, str]] = {}  # role logical id -> its session
         self._log_lock = threading.Lock()
         self._logs: LogShipper | None = None
+        self._api_key: str | None = None
+        self._operator_api_key: str | None = None
         self.invocations: Counter[str] = Counter()
 
     # --- public ---------------------------------------------------------------------------
@@ -154,6 +166,29 @@ class LocalCloud:
         if self.moto is None:
             raise LocalCloudError("the local cloud is not running")
         return self.moto.url
+
+    @property
+    def api_key(self) -> str:
+        """The default client's API key value (x-api-key header of the private routes)."""
+        if self._api_key is None:
+            raise LocalCloudError(
+                "the local cloud is not running"
+                if self._stack is None
+                else f"no default client: serverless.yml declares no usage plan {DEFAULT_CLIENT_PLAN!r}"
+            )
+        return self._api_key
+
+    @property
+    def operator_api_key(self) -> str:
+        """The value of the operators' key (the stack's key of the ``operators`` usage plan),
+        the only one the registry routes (promote, pin, unpin) accept."""
+        if self._operator_api_key is None:
+            raise LocalCloudError(
+                "the local cloud is not running"
+                if self._stack is None
+                else f"serverless.yml declares no key {OPERATOR_KEY_LOGICAL_ID}"
+            )
+        return self._operator_api_key
 
     @property
     def endpoints_file(self) -> Path:
@@ -215,6 +250,7 @@ class LocalCloud:
         with contextlib.suppress(FileNotFoundError):
             self.endpoints_file.unlink()
         self._credentials.clear()
+        self._api_key = self._operator_api_key = None
         self._restore_environment()
         aws.reset()
         self.context = None
@@ -379,6 +415,11 @@ class LocalCloud:
         self._stack = stack
         infra.create_resources(self._stack, boto3.Session(region_name=self.region))
         infra.push_trainer_image(self._stack, boto3.Session(region_name=self.region))
+        self._api_key = self._ensure_default_client()
+        operator_key_id = self._stack.physical.get(OPERATOR_KEY_LOGICAL_ID)
+        if operator_key_id is not None:
+            operator_key = self.client("apigateway").get_api_key(apiKey=operator_key_id, includeValue=True)
+            self._operator_api_key = str(operator_key["value"])
 
         # Bound now so that API_URL is known before the functions' environment is computed.
         self.api = ApiServer(
@@ -387,6 +428,7 @@ class LocalCloud:
             port=self._api_port,
             web_dir=self._web_dir,
             log_path=self.state_dir / "api.log",
+            api_keys=ApiKeys(lambda: self.client("apigateway")),
         )
         aws.reset()
         self._logs = LogShipper(
@@ -426,6 +468,49 @@ class LocalCloud:
         self.say(f"API  {self.api.url}")
         self.say(f"AWS  {self.moto.url}  (AWS_ENDPOINT_URL for boto3 and the AWS CLI)")
 
+    def _ensure_default_client(self) -> str | None:
+        """The default client: its API key in the ``clients`` plan and its registry record
+        (trusted), created on the first start and reused after a durable restart (the record's
+        key, or the key named ``<service>-<stage>-client-default``). Its key's value; None for
+        a serverless.yml without a ``clients`` usage plan (another service's file)."""
+        stack = self.stack
+        plan_id = stack.physical.get(infra.usage_plan_logical_id(DEFAULT_CLIENT_PLAN))
+        if plan_id is None:
+            return None
+        apigateway = self.client("apigateway")
+        registry = clients.Clients(stack.table_name("ModelTable"), self.client("dynamodb"))
+        try:
+            record: clients.Client | None = registry.get(DEFAULT_CLIENT)
+        except NotFound:
+            record = None
+        if record is not None and record.api_key_id:
+            try:
+                key = apigateway.get_api_key(apiKey=record.api_key_id, includeValue=True)
+            except apigateway.exceptions.NotFoundException:
+                raise LocalCloudError(
+                    f"the registry's client {DEFAULT_CLIENT!r} names API key {record.api_key_id}, which "
+                    f"the local AWS state does not hold; start afresh (forget {self.state_dir})"
+                ) from None
+        elif record is not None:
+            raise LocalCloudError(f"the registry's client {DEFAULT_CLIENT!r} has no API key")
+        else:
+            key = infra.ensure_api_key(
+                apigateway,
+                f"{stack.config.get('service', 'service')}-{self.stage}-client-{DEFAULT_CLIENT}",
+                description="The local cloud's default client",
+            )
+        infra.join_usage_plan(apigateway, key["id"], plan_id)
+        if record is None:
+            registry.create(
+                DEFAULT_CLIENT,
+                trust=clients.TRUSTED,
+                api_key_id=key["id"],
+                plan=DEFAULT_CLIENT_PLAN,
+                actor="localcloud",
+                reason="default client of the local cloud",
+            )
+        return str(key["value"])
+
     def _aws_environment(self) -> dict[str, str | None]:
         env: dict[str, str | None] = {name: None for name in _UNSET}
         env.update(FAKE_CREDENTIALS)
@@ -461,7 +546,12 @@ class LocalCloud:
     def _write_endpoints(self) -> None:
         assert self.api is not None and self.moto is not None
         tmp = self.endpoints_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"api": self.api.url, "aws": self.moto.url}, indent=2) + "\n")
+        endpoints = {"api": self.api.url, "aws": self.moto.url}
+        if self._api_key is not None:
+            endpoints["api_key"] = self._api_key
+        if self._operator_api_key is not None:
+            endpoints["operator_api_key"] = self._operator_api_key
+        tmp.write_text(json.dumps(endpoints, indent=2) + "\n")
         tmp.replace(self.endpoints_file)
 
     def _load_driver(self, module_name: str) -> Driver:

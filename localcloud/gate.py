@@ -113,6 +113,14 @@ class MotoWorld:
         version = getattr(obj, "version_id", None)
         return int(obj.size), str(obj.etag), (None if version in (None, "null") else str(version))
 
+    def secret_arn(self, secret_id: str) -> str | None:
+        """The full ARN of the secret ``secret_id`` names (a name, a partial or a full ARN, as
+        Secrets Manager's SecretId takes), or None when there is none."""
+        from moto.secretsmanager.models import secretsmanager_backends
+
+        found = secretsmanager_backends[self.account][self.region].secrets.get(secret_id)
+        return None if found is None else str(found.arn)
+
     def create_service_linked_role(self, service_name: str) -> None:
         if not self.service_linked_role_exists(service_name):
             self._iam().create_service_linked_role(service_name, "", "")

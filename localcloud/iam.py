@@ -68,6 +68,10 @@ class World(Protocol):
 
     def object_exists(self, bucket: str, key: str) -> bool: ...
 
+    # The full ARN (name, hyphen, 6 random characters) of the secret a SecretId names (a name,
+    # a partial ARN or a full ARN), None when no secret matches.
+    def secret_arn(self, secret_id: str) -> str | None: ...
+
 
 class UnmappedCall(Exception):
     """An operation this module does not know how to authorize: the middleware refuses it."""
@@ -459,6 +463,41 @@ def _ssm_parameters(action: str) -> Any:
     return mapper
 
 
+# --- Secrets Manager -------------------------------------------------------------------
+# https://docs.aws.amazon.com/service-authorization/latest/reference/list_awssecretsmanager.html
+# GetSecretValue: access level Read, resource type Secret (required),
+# arn:${Partition}:secretsmanager:${Region}:${Account}:secret:${SecretId}, where the secret's
+# ARN ends in a hyphen and 6 random characters Secrets Manager adds to its name. A request may
+# name the secret by name, partial ARN (without those characters) or full ARN (GetSecretValue
+# API reference, SecretId; "Finding a secret from a partial ARN", Secrets Manager user guide);
+# AWS authorizes against the secret's own full ARN, so a policy that names the full ARN (Ref of
+# an AWS::SecretsManager::Secret) allows every form. An ARN that ends in a hyphen and 6
+# characters is taken as complete, as Secrets Manager takes it ("if your secret has a name that
+# ends in a hyphen followed by six characters ... Secrets Manager assume[s] that you're
+# specifying a complete ARN": GetSecretValue, SecretId); a name or a partial ARN is resolved by
+# the World. For a SecretId that names no secret, the check is on what the caller named (a
+# policy naming a real secret never allows it: stricter than AWS, which answers
+# ResourceNotFoundException or AccessDeniedException depending on the caller's permissions).
+_COMPLETE_SECRET_ARN = re.compile(r"arn:[^:]+:secretsmanager:[^:]+:[0-9]+:secret:.+-[A-Za-z0-9]{6}")
+
+
+def _secret(action: str) -> Any:
+    def mapper(p: dict[str, Any], account: str, region: str, world: World) -> list[Check]:
+        secret_id = str(p["SecretId"])
+        if _COMPLETE_SECRET_ARN.fullmatch(secret_id):
+            return [Check(f"secretsmanager:{action}", secret_id)]
+        arn = world.secret_arn(secret_id)
+        if arn is None:
+            arn = (
+                secret_id
+                if secret_id.startswith("arn:")
+                else f"arn:aws:secretsmanager:{region}:{account}:secret:{secret_id}"
+            )
+        return [Check(f"secretsmanager:{action}", arn)]
+
+    return mapper
+
+
 # --- IAM, STS --------------------------------------------------------------------------
 # https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsidentityandaccessmanagementiam.html
 # iam:CreateServiceLinkedRole on arn:aws:iam::<a>:role/aws-service-role/<service>/<role>,
@@ -555,6 +594,7 @@ _MAPPERS: dict[tuple[str, str], Any] = {
     ("logs", "PutLogEvents"): _logs_stream("PutLogEvents"),
     ("ssm", "GetParameter"): _ssm_parameters("GetParameter"),
     ("ssm", "GetParameters"): _ssm_parameters("GetParameters"),
+    ("secretsmanager", "GetSecretValue"): _secret("GetSecretValue"),
     ("iam", "CreateServiceLinkedRole"): _create_service_linked_role,
     ("sts", "AssumeRole"): _assume_role,
     ("sts", "GetCallerIdentity"): _nothing,
@@ -731,6 +771,7 @@ _DENIED: dict[str, tuple[str, int]] = {
     "ecr": ("AccessDeniedException", 400),
     "logs": ("AccessDeniedException", 400),
     "ssm": ("AccessDeniedException", 400),
+    "secretsmanager": ("AccessDeniedException", 400),
     "sqs": ("AccessDenied", 403),
     "cloudwatch": ("AccessDenied", 403),
     "sns": ("AuthorizationError", 403),
@@ -743,7 +784,7 @@ _DENIED: dict[str, tuple[str, int]] = {
 # How botocore 1.44.5 talks to each service here (localcloud/awsapi.py): the error must come
 # back in the protocol the client parses.
 _JSON_VERSION = {"dynamodb": "1.0", "dynamodbstreams": "1.0", "cloudwatch": "1.0", "sqs": "1.0"}
-_JSON = {"dynamodb", "dynamodbstreams", "sqs", "ecr", "logs", "ssm", "cloudwatch"}
+_JSON = {"dynamodb", "dynamodbstreams", "sqs", "ecr", "logs", "ssm", "cloudwatch", "secretsmanager"}
 _QUERY = {"sns", "iam", "sts"}
 
 

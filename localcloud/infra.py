@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import json
 import re
+import secrets
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -488,6 +490,9 @@ def create_resources(stack: Stack, session: Any) -> Stack:
         stack.arns[f"{logical}.Arn"] = repo["repositoryArn"]
         stack.arns[f"{logical}.RepositoryUri"] = repo["repositoryUri"]
 
+    # Before the roles: a policy may name a secret (Ref: its ARN).
+    _create_secrets(stack, session)
+    _create_api_access(stack, session)
     _create_roles(stack, session)
     _create_instance_profiles(stack, session)
     _create_log_groups(stack, session)
@@ -585,3 +590,365 @@ def _create_instance_profiles(stack: Stack, session: Any) -> None:
                 iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role_name)
         stack.physical[logical] = name
         stack.arns[f"{logical}.Arn"] = profile["Arn"]
+
+
+# --- API keys, usage plans and secrets -----------------------------------------------------------
+
+# Secrets Manager's punctuation set for generated passwords (GetRandomPassword,
+# ExcludePunctuation: "! \" # $ % & ' ( ) * + , - . / : ; < = > ? @ [ \\ ] ^ _ ` { | } ~").
+SECRET_PUNCTUATION = string.punctuation
+# GenerateSecretString properties the local cloud applies; any other is refused, not ignored.
+_GENERATE_KEYS = {
+    "PasswordLength",
+    "ExcludePunctuation",
+    "ExcludeCharacters",
+    "ExcludeUppercase",
+    "ExcludeLowercase",
+    "ExcludeNumbers",
+    "IncludeSpace",
+    "RequireEachIncludedType",
+}
+# {{resolve:secretsmanager:secret-id[:SecretString[:json-key[:version-stage[:version-id]]]]}}
+# (CloudFormation user guide, "Get a secret or secret value from Secrets Manager").
+_SECRET_REFERENCE = re.compile(r"\{\{resolve:secretsmanager:([^}]+)\}\}")
+
+
+class ApiAccessError(ValueError):
+    """An API key, usage plan or secret the local cloud cannot create as API Gateway, Secrets
+    Manager and CloudFormation would (a key in two plans, a dynamic reference it cannot read)."""
+
+
+@dataclass(frozen=True)
+class UsagePlan:
+    """One plan of ``provider.apiGateway.usagePlan``, named as osls names it
+    (lib/plugins/aws/package/compile/events/api-gateway/lib/usage-plan.js, naming.js)."""
+
+    key: str  # "clients"; "default" for the single-plan (map) form
+    logical_id: str  # ApiGatewayUsagePlanClients
+    name: str  # autoretrain-clients-local
+    throttle: dict[str, Any] | None  # {"burstLimit": 40, "rateLimit": 20}
+    quota: dict[str, Any] | None  # {"limit": 20000, "period": "DAY"[, "offset": 0]}
+
+
+@dataclass(frozen=True)
+class DeclaredApiKey:
+    """One key of ``provider.apiGateway.apiKeys`` with its osls logical ids (api-keys.js)."""
+
+    logical_id: str  # ApiGatewayApiKeyOperators1
+    plan_key_logical_id: str  # ApiGatewayUsagePlanKeyOperators1
+    plan: str  # the usage plan's key ("operators", or "default")
+    name: str
+    description: str | None
+    value: str | None
+    enabled: bool
+
+
+def _upper_first(name: str) -> str:
+    return name[:1].upper() + name[1:]
+
+
+def usage_plan_logical_id(plan: str | None = None) -> str:
+    """osls's naming.getUsagePlanLogicalId."""
+    return f"ApiGatewayUsagePlan{_upper_first(plan)}" if plan else "ApiGatewayUsagePlan"
+
+
+def usage_plans(stack: Stack) -> list[UsagePlan]:
+    """The usage plans osls would create from ``provider.apiGateway`` (none without usagePlan
+    or apiKeys; the single ``default`` plan for the map form or for keys alone)."""
+    gateway = (stack.config.get("provider") or {}).get("apiGateway") or {}
+    spec = gateway.get("usagePlan")
+    service = str(stack.config.get("service", "service"))
+    if isinstance(spec, list):
+        out = []
+        for entry in spec:
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise ApiAccessError(f"provider.apiGateway.usagePlan: each entry is one plan, got {entry!r}")
+            ((key, plan),) = entry.items()
+            plan = plan or {}
+            out.append(
+                UsagePlan(
+                    key=str(key),
+                    logical_id=usage_plan_logical_id(str(key)),
+                    name=f"{service}-{key}-{stack.stage}",
+                    throttle=plan.get("throttle"),
+                    quota=plan.get("quota"),
+                )
+            )
+        return out
+    if spec is None and not gateway.get("apiKeys"):
+        return []
+    spec = spec or {}
+    return [
+        UsagePlan(
+            key="default",
+            logical_id=usage_plan_logical_id(),
+            name=f"{service}-{stack.stage}",
+            throttle=spec.get("throttle"),
+            quota=spec.get("quota"),
+        )
+    ]
+
+
+def declared_api_keys(stack: Stack) -> list[DeclaredApiKey]:
+    """``provider.apiGateway.apiKeys`` as osls reads it: a name, a map of properties, or a map
+    from a usage plan's name to a list of those (api-keys.js, usage-plan-keys.js)."""
+    gateway = (stack.config.get("provider") or {}).get("apiGateway") or {}
+    plans = {plan.key for plan in usage_plans(stack)}
+    out: list[DeclaredApiKey] = []
+    number = 0
+    for entry in gateway.get("apiKeys") or []:
+        grouped = isinstance(entry, dict) and len(entry) == 1 and isinstance(next(iter(entry.values())), list)
+        if grouped:
+            ((plan, keys),) = entry.items()
+            if plan not in plans:
+                raise ApiAccessError(f'API key group "{plan}" has no usage plan defined')
+            for n, key in enumerate(keys, start=1):
+                out.append(_declared_key(key, f"{_upper_first(plan)}{n}", plan))
+            continue
+        if "default" not in plans:
+            # osls would join it to ApiGatewayUsagePlan, which a plan list never creates.
+            raise ApiAccessError(
+                f"API key {entry!r} is outside every usage plan: list it under its plan's name"
+            )
+        number += 1
+        out.append(_declared_key(entry, str(number), "default"))
+    return out
+
+
+def _declared_key(spec: Any, suffix: str, plan: str) -> DeclaredApiKey:
+    props = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if not props.get("name"):
+        raise ApiAccessError(f"API key {spec!r} needs a name locally (its key is found by name)")
+    return DeclaredApiKey(
+        logical_id=f"ApiGatewayApiKey{suffix}",
+        plan_key_logical_id=f"ApiGatewayUsagePlanKey{suffix}",
+        plan=plan,
+        name=str(props["name"]),
+        description=props.get("description"),
+        value=props.get("value"),
+        enabled=bool(props.get("enabled", True)),
+    )
+
+
+def generate_secret_string(spec: dict[str, Any]) -> str:
+    """A value as Secrets Manager's GenerateSecretString makes one (password length 32 unless
+    told; each included character type at least once unless RequireEachIncludedType is false).
+    SecretStringTemplate / GenerateStringKey are not supported locally and refused."""
+    unknown = set(spec) - _GENERATE_KEYS
+    if unknown:
+        raise ApiAccessError(f"GenerateSecretString properties not supported locally: {sorted(unknown)}")
+    excluded = set(str(spec.get("ExcludeCharacters", "")))
+    groups = []
+    for flag, chars in (
+        ("ExcludeUppercase", string.ascii_uppercase),
+        ("ExcludeLowercase", string.ascii_lowercase),
+        ("ExcludeNumbers", string.digits),
+        ("ExcludePunctuation", SECRET_PUNCTUATION),
+    ):
+        if not spec.get(flag):
+            group = "".join(c for c in chars if c not in excluded)
+            if group:
+                groups.append(group)
+    if spec.get("IncludeSpace"):
+        groups.append(" ")
+    if not groups:
+        raise ApiAccessError("GenerateSecretString excludes every character")
+    length = int(spec.get("PasswordLength", 32))
+    alphabet = "".join(groups)
+    while True:
+        value = "".join(secrets.choice(alphabet) for _ in range(length))
+        if not spec.get("RequireEachIncludedType", True) or length < len(groups):
+            return value
+        if all(any(c in group for c in value) for group in groups):
+            return value
+
+
+def _create_secrets(stack: Stack, session: Any) -> None:
+    """Every AWS::SecretsManager::Secret: created once with its generated (or given) value and
+    kept (a durable restart finds it by name). Ref is its ARN (CloudFormation template
+    reference, AWS::SecretsManager::Secret, "Return values")."""
+    resources = stack.resources_of_type("AWS::SecretsManager::Secret")
+    if not resources:
+        return
+    client = session.client("secretsmanager", region_name=stack.region)
+    for logical, spec in resources.items():
+        props = stack.resolve_intrinsics(spec.get("Properties") or {})
+        name = str(props["Name"])
+        try:
+            arn = client.describe_secret(SecretId=name)["ARN"]
+        except client.exceptions.ResourceNotFoundException:
+            if "SecretString" in props:
+                value = str(props["SecretString"])
+            elif "GenerateSecretString" in props:
+                value = generate_secret_string(props["GenerateSecretString"])
+            else:
+                raise ApiAccessError(
+                    f"{logical}: a secret needs SecretString or GenerateSecretString"
+                ) from None
+            kwargs: dict[str, Any] = {"Name": name, "SecretString": value}
+            if props.get("Description"):
+                kwargs["Description"] = str(props["Description"])
+            arn = client.create_secret(**kwargs)["ARN"]
+        stack.physical[logical] = arn
+        stack.arns[f"{logical}.Id"] = arn
+
+
+def resolve_secret_references(value: str, client: Any) -> str:
+    """``{{resolve:secretsmanager:...}}`` references in ``value`` replaced by what they name,
+    as CloudFormation resolves them when it creates the resource."""
+
+    def one(match: re.Match[str]) -> str:
+        parts = match.group(1).split(":")
+        # An ARN holds colons of its own: arn:aws:secretsmanager:region:account:secret:name
+        if parts[0] == "arn":
+            secret_id, rest = ":".join(parts[:7]), parts[7:]
+        else:
+            secret_id, rest = parts[0], parts[1:]
+        rest += [""] * (4 - len(rest))
+        field_, json_key, stage, version = rest[:4]
+        if field_ not in ("", "SecretString"):
+            raise ApiAccessError(f"dynamic reference {match.group(0)!r}: only SecretString can be read")
+        kwargs: dict[str, Any] = {"SecretId": secret_id}
+        if stage:
+            kwargs["VersionStage"] = stage
+        if version:
+            kwargs["VersionId"] = version
+        try:
+            text = client.get_secret_value(**kwargs)["SecretString"]
+        except client.exceptions.ResourceNotFoundException as err:
+            raise ApiAccessError(f"dynamic reference {match.group(0)!r}: no secret {secret_id!r}") from err
+        if json_key:
+            try:
+                return str(json.loads(text)[json_key])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ApiAccessError(
+                    f"dynamic reference {match.group(0)!r}: no JSON key {json_key!r}"
+                ) from err
+        return str(text)
+
+    return _SECRET_REFERENCE.sub(one, value)
+
+
+def _api_key_named(client: Any, name: str) -> dict[str, Any] | None:
+    """The API key called exactly ``name`` (nameQuery matches a prefix), with its value."""
+    found = []
+    for page in client.get_paginator("get_api_keys").paginate(nameQuery=name, includeValues=True):
+        found += [key for key in page.get("items", []) if key.get("name") == name]
+    if len(found) > 1:
+        raise ApiAccessError(f"{len(found)} API keys are named {name!r}; the local cloud finds keys by name")
+    return found[0] if found else None
+
+
+def _usage_plan_named(client: Any, name: str) -> dict[str, Any] | None:
+    for page in client.get_paginator("get_usage_plans").paginate():
+        for plan in page.get("items", []):
+            if plan.get("name") == name:
+                return dict(plan)
+    return None
+
+
+def ensure_api_key(
+    client: Any, name: str, *, description: str | None = None, value: str | None = None, enabled: bool = True
+) -> dict[str, Any]:
+    """The API key named ``name``, created if there is none (a durable restart reuses it). A
+    kept key whose value differs from ``value`` is an error: a key's value cannot change."""
+    key = _api_key_named(client, name)
+    if key is None:
+        kwargs: dict[str, Any] = {"name": name, "enabled": enabled}
+        if description:
+            kwargs["description"] = description
+        if value is not None:
+            kwargs["value"] = value
+        key = client.create_api_key(**kwargs)
+    elif value is not None and key.get("value") != value:
+        raise ApiAccessError(f"API key {name!r} exists with another value than its declared one")
+    return dict(key)
+
+
+def join_usage_plan(client: Any, key_id: str, plan_id: str) -> None:
+    """Add the key to the plan, unless it is there. API Gateway refuses a key a second usage
+    plan on the same API stage; the local cloud's plans all serve its one stage, so a key
+    already in another plan is refused here."""
+    plans = [plan["id"] for plan in client.get_usage_plans(keyId=key_id).get("items", [])]
+    if plan_id in plans:
+        return
+    if plans:
+        raise ApiAccessError(
+            f"API key {key_id} is already in usage plan {plans[0]}: a key is in one usage plan per API stage"
+        )
+    client.create_usage_plan_key(usagePlanId=plan_id, keyId=key_id, keyType="API_KEY")
+
+
+def _create_api_access(stack: Stack, session: Any) -> None:
+    """The usage plans and API keys of provider.apiGateway, then the AWS::ApiGateway::ApiKey and
+    AWS::ApiGateway::UsagePlanKey resources, in moto's API Gateway: the API front reads them
+    there (localcloud/apigw.py). Plans carry no API stage: moto has no REST API for the local
+    API front. Each is found by name first, so a durable restart creates no duplicates. Ref of
+    a plan or a key is its id."""
+    plans = usage_plans(stack)
+    keys = declared_api_keys(stack)
+    api_keys = stack.resources_of_type("AWS::ApiGateway::ApiKey")
+    plan_keys = stack.resources_of_type("AWS::ApiGateway::UsagePlanKey")
+    if not (plans or keys or api_keys or plan_keys):
+        return
+    client = session.client("apigateway", region_name=stack.region)
+    service = str(stack.config.get("service", "service"))
+    for plan in plans:
+        found = _usage_plan_named(client, plan.name)
+        if found is None:
+            kwargs: dict[str, Any] = {
+                "name": plan.name,
+                "description": f'Usage plan "{plan.key}" for {service} {stack.stage} stage',
+            }
+            if plan.throttle:
+                kwargs["throttle"] = {
+                    k: v
+                    for k, v in (
+                        ("burstLimit", plan.throttle.get("burstLimit")),
+                        ("rateLimit", plan.throttle.get("rateLimit")),
+                    )
+                    if v is not None
+                }
+            if plan.quota:
+                kwargs["quota"] = {k: v for k, v in plan.quota.items() if k in ("limit", "offset", "period")}
+            found = client.create_usage_plan(**kwargs)
+        stack.physical[plan.logical_id] = found["id"]
+        stack.arns[f"{plan.logical_id}.Id"] = found["id"]
+    by_plan = {plan.key: plan for plan in plans}
+    for declared in keys:
+        key = ensure_api_key(
+            client,
+            declared.name,
+            description=declared.description,
+            value=declared.value,
+            enabled=declared.enabled,
+        )
+        join_usage_plan(client, key["id"], stack.physical[by_plan[declared.plan].logical_id])
+        stack.physical[declared.logical_id] = key["id"]
+        stack.arns[f"{declared.logical_id}.APIKeyId"] = key["id"]
+        stack.physical[declared.plan_key_logical_id] = key["id"]
+    secrets_client = session.client("secretsmanager", region_name=stack.region) if api_keys else None
+    for logical, spec in api_keys.items():
+        props = stack.resolve_intrinsics(spec.get("Properties") or {})
+        if not props.get("Name"):
+            raise ApiAccessError(f"{logical}: the local cloud finds API keys by Name; give it one")
+        value = props.get("Value")
+        if value is not None:
+            value = resolve_secret_references(str(value), secrets_client)
+        # Strict: a key whose Enabled is not set is created disabled (moto's CreateApiKey default
+        # too); serverless.yml sets it.
+        key = ensure_api_key(
+            client,
+            str(props["Name"]),
+            description=props.get("Description"),
+            value=value,
+            enabled=bool(props.get("Enabled", False)),
+        )
+        stack.physical[logical] = key["id"]
+        stack.arns[f"{logical}.APIKeyId"] = key["id"]
+    for logical, spec in plan_keys.items():
+        props = stack.resolve_intrinsics(spec.get("Properties") or {})
+        if props.get("KeyType", "API_KEY") != "API_KEY":
+            raise ApiAccessError(f"{logical}: KeyType must be API_KEY")
+        join_usage_plan(client, str(props["KeyId"]), str(props["UsagePlanId"]))
+        stack.physical[logical] = str(props["KeyId"])

@@ -288,6 +288,8 @@ def _backend_dicts_all() -> list[Any]:
         "ecr",
         "ssm",
         "events",
+        "apigateway",
+        "secretsmanager",
     ):
         with contextlib.suppress(Exception):
             out.append(get_backend(service))  # type: ignore[arg-type]

@@ -23,6 +23,10 @@ BUCKET = f"autoretrain-test-models-{ACCOUNT}"
 INSTANCE_ROLE = f"arn:aws:iam::{ACCOUNT}:role/autoretrain-test-TrainInstanceRole"
 PROFILE = f"arn:aws:iam::{ACCOUNT}:instance-profile/autoretrain-test-TrainInstanceProfile"
 STACK.physical["NotificationsTopic"] = f"arn:aws:sns:{REGION}:{ACCOUNT}:autoretrain-test-notifications"
+# Ref of an AWS::SecretsManager::Secret: its full ARN (name, hyphen, 6 random characters).
+STACK.physical["HoldoutKeySecret"] = (
+    f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:autoretrain-test/holdout-key-AbC123"
+)
 STACK.arns.update(
     {
         "DataTable.Arn": DATA,
