@@ -9,6 +9,11 @@ there; S3's ObjectCreated event starts the importer (``lambdas/importer.py``).
 ``GET /imports/{import_id}`` answers the status item's public view (``public_status`` of the
 shared status store, ``lambdas/core/imports.py``: every field but the importer's internals,
 plus ``progress``). See lambdas/README.md, "imports".
+
+Both routes need an authenticated client (``clients.Resolver``, as ``POST /upload``: 403 without
+one, for an unregistered key or a revoked client). The status item records the client that
+created the import (``client``); the importer writes every row as that client's. Another
+client's import is answered 404, exactly as one that does not exist: its id reveals nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from lambdas.core import aws, log, registry, settings
+from lambdas.core import aws, clients, log, registry, settings
 from lambdas.core import imports as store
 from lambdas.core.errors import BadRequest, ConfigError, NotFound, Unavailable
 from lambdas.core.http import Event, Response, guarded, json_body, request_id, response
@@ -111,13 +116,15 @@ def object_key(import_id: str, fmt: str) -> str:
 
 
 def status_item(
-    import_id: str, request: ImportRequest, *, expiry_days: int, now: float | None = None
+    import_id: str, request: ImportRequest, *, client: str, expiry_days: int, now: float | None = None
 ) -> dict[str, Any]:
-    """The status item of a new import, waiting for its upload (plain values)."""
+    """The status item of a new import by ``client`` (its name), waiting for its upload (plain
+    values)."""
     now = time.time() if now is None else now
     created = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     item: dict[str, Any] = {
         "import_id": import_id,
+        "client": client,
         "status": store.WAITING_UPLOAD,
         "format": request.format,
         "filename": request.filename,
@@ -136,14 +143,14 @@ def status_item(
 
 
 def create_import(
-    cfg: ImportsSettings, request: ImportRequest, *, ddb: Any = None, s3: Any = None
+    cfg: ImportsSettings, request: ImportRequest, *, client: str, ddb: Any = None, s3: Any = None
 ) -> dict[str, Any]:
-    """Write the status item (never over an existing one), then presign the upload."""
+    """Write ``client``'s status item (never over an existing one), then presign the upload."""
     ddb = ddb or aws.dynamodb()
     s3 = s3 or aws.s3()
     for _ in range(_CREATE_ATTEMPTS):
         import_id = new_import_id()
-        item = status_item(import_id, request, expiry_days=cfg.expiry_days)
+        item = status_item(import_id, request, client=client, expiry_days=cfg.expiry_days)
         try:
             ddb.put_item(
                 TableName=cfg.table,
@@ -201,9 +208,12 @@ def check_import_id(value: Any) -> str:
     return value
 
 
-def get_import(cfg: ImportsSettings, import_id: str, *, ddb: Any = None) -> dict[str, Any]:
+def get_import(cfg: ImportsSettings, import_id: str, *, client: str, ddb: Any = None) -> dict[str, Any]:
+    """The public status of ``client``'s import ``import_id``. NotFound when there is none, and
+    when it is another client's (or from before clients existed): the same answer, so an id
+    tells nothing about someone else's import."""
     item = store.ImportTable(cfg.table, ddb).get(import_id)  # a consistent read
-    if item is None:
+    if item is None or item.get("client") != client:
         raise NotFound(f"no import {import_id}", import_id=import_id)
     return store.public_status(item)
 
@@ -213,23 +223,38 @@ def _settings() -> ImportsSettings:
     return ImportsSettings.from_env()
 
 
+@functools.cache
+def _resolver() -> clients.Resolver:
+    """One per execution environment, so its answers are cached across requests."""
+    env = settings.environ()
+    return clients.Resolver(
+        settings.required(env, "MODEL_TABLE"),
+        traffic_api_key_id=settings.optional(env, "TRAFFIC_API_KEY_ID", "") or None,
+        ttl_s=settings.number(env, "CLIENT_CACHE_S", 10.0, minimum=0.0),
+    )
+
+
 def reset() -> None:
     _settings.cache_clear()
+    _resolver.cache_clear()
 
 
 @guarded
 def _handle(event: Event) -> Response:
     method = str(event.get("httpMethod") or "").upper()
+    if method not in ("POST", "GET"):
+        raise BadRequest(
+            f"{method or 'this method'} is not supported; use POST /imports or GET /imports/{{import_id}}"
+        )
+    client = _resolver().client_for(event)
     if method == "POST":
-        created = create_import(_settings(), parse_request(json_body(event)))
-        log.log("import_created", import_id=created["import_id"], request_id=request_id(event))
+        created = create_import(_settings(), parse_request(json_body(event)), client=client.name)
+        log.log(
+            "import_created", import_id=created["import_id"], client=client.name, request_id=request_id(event)
+        )
         return response(201, created)
-    if method == "GET":
-        import_id = check_import_id((event.get("pathParameters") or {}).get("import_id"))
-        return response(200, get_import(_settings(), import_id))
-    raise BadRequest(
-        f"{method or 'this method'} is not supported; use POST /imports or GET /imports/{{import_id}}"
-    )
+    import_id = check_import_id((event.get("pathParameters") or {}).get("import_id"))
+    return response(200, get_import(_settings(), import_id, client=client.name))
 
 
 def handler(event: Event, context: Any = None) -> Response:

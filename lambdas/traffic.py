@@ -3,8 +3,11 @@
 Each call makes ``TRAFFIC_MIN_SAMPLES``..``TRAFFIC_MAX_SAMPLES`` samples (1-20) with
 ``comfort.generate`` and label noise ``TRAFFIC_LABEL_NOISE``. With ``API_URL`` set they go
 over HTTP to ``$API_URL/upload`` (standard library only, so the function needs no extra
-package); without it they go straight through the same ingestion function the upload
-handler calls. A seed (``TRAFFIC_SEED``, or ``"seed"`` in the event for one call) makes the
+package) as the ``traffic`` client: its API key, read once per execution environment from the
+Secrets Manager secret ``API_KEY_SECRET`` names, goes in the ``x-api-key`` header, and the upload
+function knows the key's id as the traffic client's (source ``traffic``). Without ``API_URL``
+they go straight through the same ingestion function the upload handler calls, as the
+``traffic`` client. A seed (``TRAFFIC_SEED``, or ``"seed"`` in the event for one call) makes the
 samples reproducible.
 
 **The drift scenario's switch**: from ``TRAFFIC_SHIFT_AT`` (an ISO-8601 UTC time such as
@@ -28,12 +31,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from botocore.exceptions import ClientError
 
-from lambdas.core import comfort, ingest, log, registry, settings
+from lambdas.core import aws, clients, comfort, ingest, log, registry, settings
 from lambdas.core.errors import BadRequest, ConfigError, Unavailable
 
 MAX_PER_CALL = 20
-SOURCE_HEADER = "X-Sample-Source"
+# API Gateway reads a REST API's key from this header (API key source HEADER, the default: "Choose
+# an API key source in API Gateway", API Gateway Developer Guide,
+# https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-api-key-source.html).
+API_KEY_HEADER = "x-api-key"
 
 
 class DeliveryError(Unavailable):
@@ -45,6 +52,7 @@ class DeliveryError(Unavailable):
 @dataclass(frozen=True)
 class TrafficSettings:
     api_url: str | None
+    api_key_secret: str | None = None  # the secret (ARN) holding the API key; with api_url only
     min_samples: int = 1
     max_samples: int = MAX_PER_CALL
     label_noise: float = 0.05
@@ -63,6 +71,12 @@ class TrafficSettings:
         api_url = settings.optional(env, "API_URL", "") or None
         if api_url and urllib.parse.urlsplit(api_url).scheme not in {"http", "https"}:
             raise ConfigError(f"environment variable API_URL must be an http(s) URL, got {api_url!r}")
+        api_key_secret = settings.optional(env, "API_KEY_SECRET", "") or None
+        if api_url and not api_key_secret:
+            raise ConfigError(
+                "environment variable API_KEY_SECRET is required when API_URL is set: the ARN of the "
+                "Secrets Manager secret holding the traffic client's API key (POST /upload needs one)"
+            )
         low = settings.integer(env, "TRAFFIC_MIN_SAMPLES", cls.min_samples, minimum=1)
         high = settings.integer(env, "TRAFFIC_MAX_SAMPLES", cls.max_samples, minimum=1)
         if not low <= high <= MAX_PER_CALL:
@@ -76,6 +90,7 @@ class TrafficSettings:
         shift_text = settings.optional(env, "TRAFFIC_SHIFT_AT", "")
         return cls(
             api_url=api_url,
+            api_key_secret=api_key_secret if api_url else None,
             min_samples=low,
             max_samples=high,
             label_noise=noise,
@@ -115,19 +130,44 @@ def make_samples(
     return comfort.generate(count, rng, config.label_noise, now_ms=now_ms, world=config.world(now_ms))
 
 
+@functools.cache
+def api_key(secret_id: str) -> str:
+    """The traffic client's API key: the secret's current value (``SecretString`` of
+    GetSecretValue, AWSCURRENT when no version is named: Secrets Manager API Reference,
+    GetSecretValue), read once per execution environment; ``run`` forgets it when the gateway
+    refuses it (403: the key was rotated or disabled), so the next call reads the secret again."""
+    try:
+        reply = aws.client("secretsmanager").get_secret_value(SecretId=secret_id)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        raise ConfigError(
+            f"cannot read the API key from secret {secret_id} ({code})", secret=secret_id
+        ) from err
+    value = str(reply.get("SecretString") or "").strip()
+    if not value:
+        raise ConfigError(f"secret {secret_id} holds no API key (no SecretString)", secret=secret_id)
+    return value
+
+
 Opener = Callable[..., Any]
 
 
 def post(
-    api_url: str, samples: list[dict[str, Any]], *, timeout: float, opener: Opener = urllib.request.urlopen
+    api_url: str,
+    samples: list[dict[str, Any]],
+    *,
+    api_key: str,
+    timeout: float,
+    opener: Opener = urllib.request.urlopen,
 ) -> dict[str, Any]:
-    """POST ``{"samples": [...]}`` to ``$api_url/upload``; the parsed 2xx answer or DeliveryError."""
+    """POST ``{"samples": [...]}`` to ``$api_url/upload`` with ``api_key``; the parsed 2xx answer or
+    DeliveryError."""
     url = api_url.rstrip("/") + "/upload"
     request = urllib.request.Request(
         url,
         data=json.dumps({"samples": samples}).encode("utf-8"),
         method="POST",
-        headers={"Content-Type": "application/json", SOURCE_HEADER: "traffic"},
+        headers={"Content-Type": "application/json", API_KEY_HEADER: api_key},
     )
     try:
         with opener(request, timeout=timeout) as reply:
@@ -151,20 +191,34 @@ def run(
     *,
     seed: int | None = None,
     ingest_settings: ingest.IngestSettings | None = None,
-    client: Any = None,
+    ddb: Any = None,
     opener: Opener = urllib.request.urlopen,
+    key: str | None = None,
 ) -> dict[str, Any]:
-    """Make one batch of samples and send it; a summary of what was sent and written."""
+    """Make one batch of samples and send it; a summary of what was sent and written. Over
+    HTTP with ``key`` (default: read from ``config.api_key_secret``), else directly as the
+    ``traffic`` client (``ddb``: the DynamoDB client to write with)."""
     rng = np.random.default_rng(seed) if seed is not None else _stream(config.seed)
     now_ms = int(time.time() * 1000)
     samples = make_samples(config, rng, now_ms=now_ms)
     if config.api_url:
         via = "http"
-        answer = post(config.api_url, samples, timeout=config.timeout_s, opener=opener)
+        if key is None:
+            if not config.api_key_secret:
+                raise ConfigError("API_KEY_SECRET is required when API_URL is set")
+            key = api_key(config.api_key_secret)
+        try:
+            answer = post(config.api_url, samples, api_key=key, timeout=config.timeout_s, opener=opener)
+        except DeliveryError as err:
+            if err.details.get("status") == 403:
+                api_key.cache_clear()  # a rotated or disabled key: read the secret again next call
+            raise
     else:
         via = "direct"
         direct = ingest_settings or ingest.IngestSettings.from_env()
-        answer = ingest.ingest({"samples": samples}, direct, source="traffic", client=client).to_dict()
+        answer = ingest.ingest(
+            {"samples": samples}, direct, source="traffic", client=clients.TRAFFIC, ddb=ddb
+        ).to_dict()
     summary = {
         "via": via,
         "sent": len(samples),

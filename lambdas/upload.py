@@ -2,6 +2,11 @@
 
 Body: a JSON array of samples, or ``{"samples": [...]}``. See lambdas/README.md for the
 fields, limits and error responses.
+
+Who sent them is the client API Gateway authenticated (``clients.Resolver``: the request
+context's API key id, never a header); a request without one, from an unregistered key or from
+a revoked client is refused (403) before its body is read. Every sample is written as that
+client's, with the source its record names (``api``, or ``traffic`` for synthetic data).
 """
 
 from __future__ import annotations
@@ -9,10 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from lambdas.core import http, ingest
-from lambdas.core.errors import BadRequest
-
-SOURCE_HEADER = "x-sample-source"  # "traffic" marks synthetic samples; absent means "api"
+from lambdas.core import clients, http, ingest, settings
 
 
 @functools.cache
@@ -20,23 +22,27 @@ def config() -> ingest.IngestSettings:
     return ingest.IngestSettings.from_env()
 
 
-def source_of(event: http.Event) -> str:
-    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
-    source = str(headers.get(SOURCE_HEADER) or "api").strip().lower()
-    if source not in ingest.CLIENT_SOURCES:
-        raise BadRequest(
-            f"header X-Sample-Source must be one of {', '.join(ingest.CLIENT_SOURCES)}, got {source!r}"
-        )
-    return source
+@functools.cache
+def resolver() -> clients.Resolver:
+    """One per execution environment, so its answers are cached across requests."""
+    env = settings.environ()
+    return clients.Resolver(
+        settings.required(env, "MODEL_TABLE"),
+        traffic_api_key_id=settings.optional(env, "TRAFFIC_API_KEY_ID", "") or None,
+        ttl_s=settings.number(env, "CLIENT_CACHE_S", 10.0, minimum=0.0),
+    )
 
 
 def upload(event: http.Event, context: Any = None) -> http.Response:
     @http.guarded
     def run(event: http.Event) -> http.Response:
-        settings = config()
-        ingest.check_size(len(http.raw_body(event)), settings.max_bytes)
+        client = resolver().client_for(event)
+        cfg = config()
+        ingest.check_size(len(http.raw_body(event)), cfg.max_bytes)
         time_left = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else None
-        result = ingest.ingest(http.json_body(event), settings, source=source_of(event), time_left=time_left)
+        result = ingest.ingest(
+            http.json_body(event), cfg, source=client.source, client=client.name, time_left=time_left
+        )
         return http.response(200, result.to_dict())
 
     return run(event)

@@ -188,18 +188,44 @@ def start_cold(
         )
 
 
+# The traffic client's key the stub hands out (GetSecretValue) and then requires (x-api-key).
+STUB_API_KEY = "coldstartstubkey0123456789"
+STUB_SECRET_ARN = (
+    "arn:aws:secretsmanager:us-east-1:000000000000:secret:autoretrain-cold/traffic-api-key-AbCdEf"
+)
+
+
 @contextlib.contextmanager
 def upload_stub() -> Iterator[str]:
-    """A stand-in for ``POST /upload`` that accepts every batch, so a first invocation needs no
-    cloud: its base URL, for the traffic function's API_URL."""
+    """A stand-in for ``POST /upload`` that accepts every batch sent with the key, and for
+    Secrets Manager's GetSecretValue that hands the key out, so a first invocation needs no
+    cloud yet does what the deployed one does (read its key, then post). Its base URL: pass
+    ``stub_environment(url)`` to the function."""
 
     class Upload(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
-            count = len(body.get("samples", []))
+            raw = self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}"
+            if self.headers.get("X-Amz-Target") == "secretsmanager.GetSecretValue":
+                reply = json.dumps(
+                    {
+                        "ARN": STUB_SECRET_ARN,
+                        "Name": "autoretrain-cold/traffic-api-key",
+                        "SecretString": STUB_API_KEY,
+                        "VersionId": "00000000-0000-0000-0000-000000000001",
+                    }
+                ).encode()
+                self._answer(200, reply, "application/x-amz-json-1.1")
+                return
+            if self.headers.get("x-api-key") != STUB_API_KEY:
+                self._answer(403, b'{"message":"Forbidden"}', "application/json")
+                return
+            count = len(json.loads(raw).get("samples", []))
             reply = json.dumps({"written": count, "ids": [f"stub-{i}" for i in range(count)]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            self._answer(200, reply, "application/json")
+
+        def _answer(self, status: int, reply: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(reply)))
             self.end_headers()
             self.wfile.write(reply)
@@ -217,6 +243,18 @@ def upload_stub() -> Iterator[str]:
         server.server_close()
 
 
+def stub_environment(url: str) -> dict[str, str]:
+    """The traffic function's variables pointing at ``upload_stub``'s URL: the upload API, and the
+    AWS endpoint (with throw-away credentials) its key's secret is read from."""
+    return {
+        "API_URL": url,
+        "API_KEY_SECRET": STUB_SECRET_ARN,
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "cold-start",
+        "AWS_SECRET_ACCESS_KEY": "cold-start",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -227,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = dict(pair.split("=", 1) for pair in args.env)
     with upload_stub() as url:
-        cold = start_cold(Image.load(args.out), json.loads(args.event), env={"API_URL": url, **extra})
+        env = {**stub_environment(url), **extra}
+        cold = start_cold(Image.load(args.out), json.loads(args.event), env=env)
     summary = {**asdict(cold), "init_s": cold.init_s, "tmp_files": len(cold.tmp_files)}
     print(json.dumps(summary, indent=1))
     return 0

@@ -88,7 +88,7 @@ def start_old_layer(image: imagebuild.Image, layer: dict[str, Any], api_url: str
             LAMBDA_TASK_ROOT=str(layer["code"]),
             PYTHONPATH=f"{tmp / 'traffic-deps'}:{env['PYTHONPATH']}",
             NUMBA_CACHE_DIR=str(tmp / "numba-cache"),
-            API_URL=api_url,
+            **coldstart.stub_environment(api_url),
         )
         answer, process_s = coldstart.invoke_fresh(layer["code"], env, EVENT)
     return {
@@ -101,7 +101,7 @@ def start_old_layer(image: imagebuild.Image, layer: dict[str, Any], api_url: str
 
 
 def start_image(image: imagebuild.Image, api_url: str) -> dict[str, float]:
-    cold = coldstart.start_cold(image, EVENT, env={"API_URL": api_url})
+    cold = coldstart.start_cold(image, EVENT, env=coldstart.stub_environment(api_url))
     return {
         "unpack_s": 0.0,
         "import_s": cold.import_s,

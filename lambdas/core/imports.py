@@ -15,7 +15,9 @@ S3 event, the resume schedule) never both count:
   over those lines), rows in batches of ``BATCH_ROWS``, through a pipeline (``Pipeline``):
 
   1. The reading thread validates each row (``samples.parse_sample``: the ``/upload`` rules) and
-     derives its key (``prepare``). A key already in flight (a row earlier in the file whose
+     derives its key (``prepare``; the key covers the import's ``client``, the name of the
+     client that created it, and every row is written as that client's with source
+     ``import``). A key already in flight (a row earlier in the file whose
      batch is not merged yet, or earlier in the same batch) is counted a duplicate there and
      never sent: one batch after the other, its BatchGetItem would have found that row's item.
   2. A thread pool runs the DynamoDB half of up to ``IMPORT_CONCURRENCY`` batches at once
@@ -623,6 +625,9 @@ class Job:
     cfg: ImporterSettings
     clients: Clients
     backoff: ingest.Backoff = field(default_factory=ingest.Backoff)
+    # Who started the import (its status item's ``client``): every row it writes is that
+    # client's. None for an import recorded before clients existed (unattributed rows).
+    client: str | None = None
 
     @property
     def table(self) -> ImportTable:
@@ -682,8 +687,16 @@ class Stored:
     duplicates: int = 0
 
 
-def prepare(rows: Sequence[Row], *, digest: str, now_ms: int, in_flight: AbstractSet[str]) -> Batch:
-    """The reading thread's half of a batch: validate each row and derive its key. A key in
+def prepare(
+    rows: Sequence[Row],
+    *,
+    digest: str,
+    now_ms: int,
+    in_flight: AbstractSet[str],
+    client: str | None = None,
+) -> Batch:
+    """The reading thread's half of a batch: validate each row and derive its key (which covers
+    the import's ``client``, as ``POST /upload``'s keys do: ``samples.import_key``). A key in
     ``in_flight`` (a candidate of a batch not merged yet) or earlier in this batch is a duplicate
     of that earlier row and is not sent: processed one batch after the other, its BatchGetItem
     would have found the earlier row's item (or the item that row duplicates) all the same."""
@@ -696,7 +709,7 @@ def prepare(rows: Sequence[Row], *, digest: str, now_ms: int, in_flight: Abstrac
         if isinstance(checked, Rejection):
             rejections.append(checked)
             continue
-        key = import_key(checked, digest=digest, line=row.line)
+        key = import_key(checked, digest=digest, line=row.line, client=client)
         if key in in_flight or key in seen:
             duplicates += 1
         else:
@@ -736,6 +749,7 @@ def import_batch(job: Job, batch: Batch, *, time_left: Callable[[], float] | Non
             [key for _, _, key in new],
             ingested_ms=batch.now_ms,
             source="import",
+            client=job.client,
             import_id=job.import_id,
             lines=[line for line, _, _ in new],
         )
@@ -807,7 +821,9 @@ class Pipeline:
     def submit(self, rows: Sequence[Row], *, now_ms: int) -> None:
         """Prepare a batch here, send its DynamoDB half to the pool, then wait (merging) until
         the window has room for the next one."""
-        batch = prepare(rows, digest=self.job.digest, now_ms=now_ms, in_flight=self.in_flight)
+        batch = prepare(
+            rows, digest=self.job.digest, now_ms=now_ms, in_flight=self.in_flight, client=self.job.client
+        )
         self.in_flight.update(batch.keys)
         future = self.pool.submit(import_batch, self.job, batch, time_left=self.time_left)
         self.window.append(_InFlight(batch, future))
@@ -1027,6 +1043,7 @@ def _run(
         cfg=cfg,
         clients=clients,
         backoff=backoff or ingest.Backoff(),
+        client=None if item.get("client") is None else str(item["client"]),
     )
     progress = Progress.from_item(item)
     started = time.monotonic()
@@ -1125,6 +1142,7 @@ def _first_lease(
         bytes=read,
         digest=digest,
         filename=item.get("filename"),
+        client=item.get("client"),
     )
     return {**item, **fields}
 

@@ -1,4 +1,4 @@
-"""The ingestion path shared by ``POST /upload`` and the synthetic-traffic function.
+"""The ingestion path shared by ``POST /upload``, the synthetic-traffic function and the importer.
 
 Validate the whole request first (nothing is written unless every sample is valid), derive
 each sample's key from its content (``samples.item_keys``), then write with BatchWriteItem in
@@ -6,11 +6,16 @@ chunks of 25. DynamoDB may hand back ``UnprocessedItems`` (or throttle the call)
 retried with exponential backoff and full jitter, a bounded number of times. When the bound
 runs out the caller gets ``Unavailable`` (503) that counts exactly the samples DynamoDB
 acknowledged; resending the request is safe because the keys are deterministic.
+
+Every item names the client that sent it (``client``: the authenticated identity's name,
+``lambdas/core/clients.py``) and its ``source``, which the caller takes from the client's record
+(``api`` or ``traffic``) or, for the importer, ``import``: never from the request itself.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +30,9 @@ from lambdas.core.samples import Sample, item_keys, parse_samples
 
 BATCH_SIZE = 25  # the BatchWriteItem limit
 SOURCES = ("api", "traffic", "import")
-# What a client may name in POST /upload's X-Sample-Source: "import" is the importer's alone
-# (its items carry their import's id and line, and the score function skips them).
-CLIENT_SOURCES = ("api", "traffic")
+# A client's name, as lambdas/core/clients.py checks it (NAME_PATTERN; repeated here because the
+# importer's package does not ship clients.py).
+CLIENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 RETRYABLE_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
@@ -105,15 +110,21 @@ def to_items(
     *,
     ingested_ms: int,
     source: str,
+    client: str | None = None,
     import_id: str | None = None,
     lines: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """DynamoDB items of the data table (see lambdas/README.md for the attributes).
 
+    ``client`` is the sending client's name. None writes no ``client`` attribute (the trainer
+    counts such samples ``unattributed``): only an import recorded before clients existed, and
+    laptop benchmarks, write those; every function names the client.
     Items of source ``import`` also name their import (``import_id``) and the line of the file
     each came from (``import_line``), and only they do."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if client is not None and (not isinstance(client, str) or not CLIENT_NAME.fullmatch(client)):
+        raise ValueError(f"client must be a client's name ({CLIENT_NAME.pattern}), got {client!r}")
     if (source == "import") != (import_id is not None) or (import_id is not None) != (lines is not None):
         raise ValueError("import_id and lines are given for, and only for, source 'import'")
     items = []
@@ -131,6 +142,7 @@ def to_items(
             "score": None if sample.score is None else round(sample.score, 9),
             "client_id": sample.client_id,
             "source": source,
+            "client": client,
             "import_id": import_id,
             "import_line": None if lines is None else lines[n],
         }
@@ -203,19 +215,23 @@ def ingest(
     config: IngestSettings,
     *,
     source: str,
-    client: Any = None,
+    client: str | None = None,
+    ddb: Any = None,
     backoff: Backoff | None = None,
     clock: Callable[[], int] = now_ms,
     time_left: Callable[[], float] | None = None,
 ) -> IngestResult:
-    """Validate every sample of ``payload`` (array or ``{"samples": [...]}``), then write them."""
+    """Validate every sample of ``payload`` (array or ``{"samples": [...]}``), then write them
+    as ``client``'s (its name; the functions always give one, only laptop benchmarks write
+    unattributed samples) with ``source``. ``ddb``: the DynamoDB client (default: one whose
+    botocore retries are capped, as ``write_items`` retries itself)."""
     now = clock()
     samples = parse_samples(payload, now_ms=now, max_samples=config.max_samples)
-    keys = item_keys(samples)
-    items = to_items(samples, keys, ingested_ms=now, source=source)
+    keys = item_keys(samples, client=client)  # a client's samples never overwrite another's
+    items = to_items(samples, keys, ingested_ms=now, source=source, client=client)
     try:
         written = write_items(
-            client or aws.client_retrying("dynamodb", 2),
+            ddb or aws.client_retrying("dynamodb", 2),
             config.data_table,
             items,
             attempts=config.write_attempts,
@@ -226,10 +242,11 @@ def ingest(
         log.error(
             "samples_partially_written",
             source=source,
+            client=client,
             written=err.details.get("written"),
             total=err.details.get("total"),
             message=err.message,
         )
         raise
-    log.log("samples_ingested", source=source, written=len(written), table=config.data_table)
+    log.log("samples_ingested", source=source, client=client, written=len(written), table=config.data_table)
     return IngestResult(written=len(written), ids=tuple(written))

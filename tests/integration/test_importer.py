@@ -20,6 +20,7 @@ from localcloud import infra
 from tests.support.trigger import train_settings
 
 ROW = {"temp": 72, "rh": 45, "wind": 0.1, "clo": 0.6, "label": "ok"}
+CLIENT = "acme"  # who created the imports here (POST /imports records it)
 
 
 @dataclass
@@ -61,23 +62,26 @@ def s3_event(bucket: str, key: str) -> dict[str, Any]:
     return {"Records": [record]}
 
 
-def new_import(cfg: imports.ImporterSettings, n: int, fmt: str, body: bytes) -> str:
-    """A status item as POST /imports writes it, then the upload; returns the id."""
+def new_import(
+    cfg: imports.ImporterSettings, n: int, fmt: str, body: bytes, client: str | None = CLIENT
+) -> str:
+    """A status item as POST /imports writes it (``client`` None: one written before clients
+    existed), then the upload; returns the id."""
     import_id = f"imp-{n:016x}"
     key = f"imports/{import_id}.{fmt}"
     now = now_iso()
-    boto3.client("dynamodb").put_item(
-        TableName=cfg.import_table,
-        Item={
-            "import_id": {"S": import_id},
-            "status": {"S": "waiting_upload"},
-            "format": {"S": fmt},
-            "filename": {"S": f"history.{fmt}"},
-            "key": {"S": key},
-            "created_at": {"S": now},
-            "updated_at": {"S": now},
-        },
-    )
+    item = {
+        "import_id": {"S": import_id},
+        "status": {"S": "waiting_upload"},
+        "format": {"S": fmt},
+        "filename": {"S": f"history.{fmt}"},
+        "key": {"S": key},
+        "created_at": {"S": now},
+        "updated_at": {"S": now},
+    }
+    if client is not None:
+        item["client"] = {"S": client}
+    boto3.client("dynamodb").put_item(TableName=cfg.import_table, Item=item)
     boto3.client("s3").put_object(Bucket=cfg.import_bucket, Key=key, Body=body)
     return import_id
 
@@ -145,7 +149,7 @@ def test_import_in_several_parts_counts_every_row_once(cfg: imports.ImporterSett
     assert done["bytes_read"] == done["bytes"] and imports.public_status(done)["progress"] == 1.0
     items = data_items(cfg)
     assert len(items) == 20
-    assert {i["source"]["S"] for i in items} == {"import"}
+    assert {(i["source"]["S"], i["client"]["S"]) for i in items} == {("import", CLIENT)}
     assert {i["import_id"]["S"] for i in items} == {import_id}
     assert lock.LockStore(cfg.model_table).read().holds == ()
 
@@ -167,11 +171,35 @@ def test_reimporting_the_same_file_writes_nothing(cfg: imports.ImporterSettings)
 def test_a_row_with_an_id_already_uploaded_is_a_duplicate(cfg: imports.ImporterSettings) -> None:
     from lambdas.core import ingest
 
-    ingest.ingest([{**ROW, "id": "client-1"}], ingest.IngestSettings(cfg.data_table), source="api")
+    ingest.ingest(
+        [{**ROW, "id": "client-1"}], ingest.IngestSettings(cfg.data_table), source="api", client=CLIENT
+    )
     import_id = new_import(cfg, 1, "jsonl", jsonl([{**ROW, "id": "client-1"}, ROW]))
     uploaded(cfg, import_id)
     done = status(cfg, import_id)
     assert (done["status"], done["written"], done["duplicates"]) == (imports.DONE, 1, 1)
+
+
+def test_the_same_row_uploaded_by_another_client_is_not_a_duplicate(cfg: imports.ImporterSettings) -> None:
+    from lambdas.core import ingest
+
+    ingest.ingest(
+        [{**ROW, "id": "client-1"}], ingest.IngestSettings(cfg.data_table), source="api", client="partner"
+    )
+    import_id = new_import(cfg, 1, "jsonl", jsonl([{**ROW, "id": "client-1"}]))
+    uploaded(cfg, import_id)
+    done = status(cfg, import_id)
+    assert (done["status"], done["written"], done["duplicates"]) == (imports.DONE, 1, 0)
+    assert sorted(i["client"]["S"] for i in data_items(cfg)) == [CLIENT, "partner"]
+
+
+def test_an_import_from_before_clients_writes_unattributed_rows(cfg: imports.ImporterSettings) -> None:
+    import_id = new_import(cfg, 1, "jsonl", jsonl([ROW, {**ROW, "temp": 73}]), client=None)
+    uploaded(cfg, import_id)
+    assert status(cfg, import_id)["status"] == imports.DONE
+    items = data_items(cfg)
+    assert len(items) == 2
+    assert all("client" not in i and i["source"]["S"] == "import" for i in items)
 
 
 def test_bad_rows_are_reported_by_line_field_and_reason(cfg: imports.ImporterSettings) -> None:
@@ -467,8 +495,9 @@ def test_importer_through_the_local_cloud_imports_in_parts_under_its_role(make_c
     cloud = make_cloud(drivers=("s3events",), environment={"IMPORT_PART_ROWS": "40"})
     rows = [{**ROW, "temp": 50 + i % 40, "created": 1_700_000_000_000 + i} for i in range(100)]
     body = jsonl([*rows[:10], {**ROW, "temp": 500}, *rows[10:]])
+    key = {"x-api-key": cloud.api_key}  # the local cloud's default client's
     created = requests.post(
-        f"{cloud.api_url}/imports", json={"format": "jsonl", "filename": "h.jsonl"}, timeout=30
+        f"{cloud.api_url}/imports", json={"format": "jsonl", "filename": "h.jsonl"}, headers=key, timeout=30
     )
     assert created.status_code == 201, created.text
     form = created.json()
@@ -478,7 +507,7 @@ def test_importer_through_the_local_cloud_imports_in_parts_under_its_role(make_c
     assert posted.status_code == 204, posted.text
 
     def final() -> dict[str, Any] | None:
-        view = requests.get(form["status_url"], timeout=30).json()
+        view = requests.get(form["status_url"], headers=key, timeout=30).json()
         return view if view["status"] in (imports.DONE, imports.FAILED) else None
 
     done = wait(final, 60, "the import to end")
@@ -496,6 +525,7 @@ def test_importer_through_the_local_cloud_imports_in_parts_under_its_role(make_c
         }
     ]
     assert "cursor" not in done and "lease" not in done and done["progress"] == 1.0
+    assert done["client"] == "default"
 
 
 # the pipeline: batches in flight at once, merged in file order ---------------------------------

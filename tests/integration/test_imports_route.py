@@ -1,11 +1,14 @@
 """POST /imports and GET /imports/{import_id} under moto, with the import table and bucket of
-infra/serverless.yml; the presigned POST is used for real against moto's S3."""
+infra/serverless.yml; the presigned POST is used for real against moto's S3. Requests come from
+the registered client ``acme`` (its API key id in the request context, as API Gateway passes
+it); what the identity changes is tests/integration/test_upload_identity.py's."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import boto3
@@ -14,9 +17,11 @@ import requests
 
 from lambdas import imports
 from lambdas.core import aws
+from tests.support.identity import identified, register
 
 API = "https://api.example.test/test"
 CSV = b"temp,rh,wind,clo,label\n72,40,0.1,0.6,ok\n"
+ACME_KEY_ID, ACME_KEY = "acmekey123", "acme-key-value-0123456789"
 
 
 @pytest.fixture
@@ -27,6 +32,7 @@ def env(stack: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in resolved.items():
         monkeypatch.setenv(key, value)
     imports.reset()
+    register("acme", api_key_id=ACME_KEY_ID)
     yield resolved
     imports.reset()
 
@@ -38,7 +44,7 @@ def call(method: str, body: Any = None, import_id: Any = None, *, raw: str | Non
     else:
         event.update(resource="/imports/{import_id}", path=f"/imports/{import_id}")
         event["pathParameters"] = {"import_id": import_id}
-    out = imports.handler(event)
+    out = imports.handler(identified(event, ACME_KEY_ID, api_key=ACME_KEY))
     return out["statusCode"], json.loads(out["body"]) if out["body"] else None
 
 
@@ -112,6 +118,8 @@ def test_imports_post_with_temporary_credentials_signs_the_session_token(
 ) -> None:
     # A Lambda role's credentials are temporary: S3 needs the token in the form and the policy.
     monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-of-the-role")
+    # boto3's default session keeps the credentials it first resolved (registering acme did).
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     aws.reset()
     _, body = call("POST", {"format": "csv", "filename": "h.csv"})
     fields = body["upload"]["fields"]
@@ -284,7 +292,11 @@ def test_imports_get_of_a_malformed_id_is_a_400(env: dict[str, str], import_id: 
 class Api:
     """``requests`` for scripts.models: the API's URLs go to the imports handler as proxy events,
     S3's to moto (real requests); each GET first applies the next scripted importer step to the
-    status item, standing in for the importer."""
+    status item, standing in for the importer. As API Gateway on a private route, a request
+    without a known ``x-api-key`` is answered 403 ``{"message": "Forbidden"}`` and the handler
+    is not invoked; a known key's id is in the event's request context."""
+
+    KEYS = {ACME_KEY: ACME_KEY_ID}
 
     RequestException = requests.RequestException
 
@@ -298,11 +310,17 @@ class Api:
         reply._content = out["body"].encode()
         return reply
 
+    def _invoke(self, event: dict[str, Any], headers: Mapping[str, str] | None) -> requests.Response:
+        sent = {k.lower(): v for k, v in (headers or {}).items()}
+        key_id = self.KEYS.get(sent.get("x-api-key", ""))
+        if key_id is None:
+            return self._reply({"statusCode": 403, "body": '{"message":"Forbidden"}'})
+        return self._reply(imports.handler(identified(event, key_id, api_key=sent["x-api-key"])))
+
     def post(self, url: str, json: Any = None, data: Any = None, **kwargs: Any) -> requests.Response:
         if url.startswith(API):
-            return self._reply(
-                imports.handler({"httpMethod": "POST", "body": __import__("json").dumps(json)})
-            )
+            event = {"httpMethod": "POST", "body": __import__("json").dumps(json)}
+            return self._invoke(event, kwargs.get("headers"))
         self.uploads.append(len(data))
         return requests.post(url, data=data, **kwargs)
 
@@ -319,7 +337,7 @@ class Api:
                 ExpressionAttributeValues={f":{k}": v for k, v in _to_dynamo(step).items()},
             )
         event = {"httpMethod": "GET", "pathParameters": {"import_id": import_id}}
-        return self._reply(imports.handler(event))
+        return self._invoke(event, kwargs.get("headers"))
 
 
 def _to_dynamo(step: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +353,7 @@ def run_cli(
 
     api = Api(env["IMPORT_TABLE"], steps)
     monkeypatch.setattr(cli, "requests", api)
+    monkeypatch.setenv("API_KEY", ACME_KEY)
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
     path = tmp_path / "history.csv"
     path.write_bytes(CSV * 1000)
@@ -408,7 +427,8 @@ def test_imports_cli_through_the_local_cloud_imports_a_file_and_refuses_one_over
     cloud = make_cloud(drivers=("s3events",), environment={"IMPORT_MAX_BYTES": "100000"})
     path = tmp_path / "history.csv"
     path.write_bytes(CSV + b"75,50,0.2,0.5,warm\n500,40,0.1,0.6,ok\n")
-    code = cli.main(["import", str(path), "--api", cloud.api_url, "--poll", "0.3", "--timeout", "60"])
+    key = ["--api-key", cloud.api_key]  # the local cloud's default client's
+    code = cli.main(["import", str(path), "--api", cloud.api_url, *key, "--poll", "0.3", "--timeout", "60"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "done: 3 rows read, 2 written, 0 duplicates, 1 rejected" in out
@@ -416,5 +436,7 @@ def test_imports_cli_through_the_local_cloud_imports_a_file_and_refuses_one_over
     # S3 (the gate) enforces the signed content-length-range: the upload is refused, exit 1.
     big = tmp_path / "big.csv"
     big.write_bytes(b"x" * 100_001)
-    assert cli.main(["import", str(big), "--api", cloud.api_url, "--poll", "0.3", "--timeout", "10"]) == 1
+    assert (
+        cli.main(["import", str(big), "--api", cloud.api_url, *key, "--poll", "0.3", "--timeout", "10"]) == 1
+    )
     assert "the upload was refused (400): EntityTooLarge" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""The synthetic-traffic function, direct and over HTTP, against the serverless.yml data table."""
+"""The synthetic-traffic function, direct and over HTTP, against the serverless.yml data table.
+
+Over HTTP it is the ``traffic`` client: its API key (the value of TrafficApiKeySecret, read
+from Secrets Manager) in x-api-key; a stand-in for API Gateway resolves the key among the API
+keys in moto, as a private route does, and hands the upload handler its id."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from lambdas import traffic, upload
@@ -29,17 +34,37 @@ def scan(dynamodb: Any) -> list[dict[str, Any]]:
     return [from_item(item) for item in dynamodb.scan(TableName=table, ConsistentRead=True)["Items"]]
 
 
+CACHED = (traffic.config, traffic._stream, traffic.api_key, upload.config, upload.resolver)
+
+
 @pytest.fixture(autouse=True)
 def traffic_env(stack: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("API_URL", raising=False)
+    monkeypatch.delenv("API_KEY_SECRET", raising=False)
     monkeypatch.setenv("TRAFFIC_MIN_SAMPLES", "1")
     monkeypatch.setenv("TRAFFIC_MAX_SAMPLES", "20")
     monkeypatch.setenv("TRAFFIC_LABEL_NOISE", "0")
-    for cached in (traffic.config, traffic._stream, upload.config):
+    # The upload function's own TRAFFIC_API_KEY_ID: Ref TrafficApiKey, the key created in moto.
+    monkeypatch.setenv("TRAFFIC_API_KEY_ID", stack.function_environment("upload")["TRAFFIC_API_KEY_ID"])
+    for cached in CACHED:
         cached.cache_clear()
     yield
-    for cached in (traffic.config, traffic._stream, upload.config):
+    for cached in CACHED:
         cached.cache_clear()
+
+
+@pytest.fixture
+def over_http(stack: Any, api: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The traffic function's environment from serverless.yml, API_URL pointing at ``api``;
+    returns its API_KEY_SECRET (the secret's ARN)."""
+    env = stack.function_environment("traffic", {"API_URL": api + "/"})
+    for key in ("API_URL", "API_KEY_SECRET"):
+        monkeypatch.setenv(key, env[key])
+    return env["API_KEY_SECRET"]
+
+
+def secret_value(arn: str) -> str:
+    return boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
 
 
 def test_traffic_writes_pmv_labelled_samples_directly(dynamodb: Any) -> None:
@@ -49,7 +74,7 @@ def test_traffic_writes_pmv_labelled_samples_directly(dynamodb: Any) -> None:
     items = scan(dynamodb)
     assert sorted(i["id"] for i in items) == sorted(summary["ids"])
     for item in items:
-        assert item["source"] == "traffic"
+        assert (item["client"], item["source"]) == ("traffic", "traffic")
         assert item["label"] == comfort.label(item["temp"], item["rh"], item["wind"], item["clo"])
 
 
@@ -77,17 +102,33 @@ def test_traffic_sample_counts_stay_within_the_configured_bounds() -> None:
     assert counts == {3, 4, 5}
 
 
+def key_id_of(value: str) -> str | None:
+    """The id of the enabled API key with this value in moto, as API Gateway finds it."""
+    keys = boto3.client("apigateway").get_api_keys(includeValues=True)["items"]
+    return next((k["id"] for k in keys if k.get("value") == value and k.get("enabled")), None)
+
+
 class UploadApi(BaseHTTPRequestHandler):
-    """Turns each POST into the canned API Gateway event for the real upload handler."""
+    """API Gateway on the private POST /upload route: a request without a known, enabled key
+    is answered 403 {"message": "Forbidden"} without invoking the function; otherwise the
+    canned API Gateway event, with the key's id in its request context, goes to the real upload
+    handler."""
 
     seen: list[tuple[str, dict[str, str]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.seen.append((self.path, dict(self.headers)))
-        event = copy.deepcopy(UPLOAD_EVENT)
-        event.update(path=self.path, headers=dict(self.headers), body=body.decode("utf-8"))
-        reply = upload.handler(event, None)
+        # Header names are case-insensitive (urllib sends "X-api-key"): recorded lower-cased.
+        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+        key = self.headers.get("x-api-key")
+        key_id = key_id_of(key) if key else None
+        if key_id is None:
+            reply = {"statusCode": 403, "body": json.dumps({"message": "Forbidden"})}
+        else:
+            event = copy.deepcopy(UPLOAD_EVENT)
+            event.update(path=self.path, headers=dict(self.headers), body=body.decode("utf-8"))
+            event["requestContext"]["identity"].update(apiKeyId=key_id, apiKey=key)
+            reply = upload.handler(event, None)
         payload = reply["body"].encode("utf-8")
         self.send_response(reply["statusCode"])
         self.send_header("Content-Type", "application/json")
@@ -114,32 +155,64 @@ def api() -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_traffic_posts_over_http_to_the_upload_route(
-    dynamodb: Any, api: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("API_URL", api + "/")
+def test_traffic_posts_over_http_to_the_upload_route_with_its_key(dynamodb: Any, over_http: str) -> None:
     summary = traffic.handler(dict(SCHEDULE, seed=8), None)
     assert summary["via"] == "http"
     [(path, headers)] = UploadApi.seen
     assert path == "/dev/upload"
-    assert headers["X-Sample-Source"] == "traffic"
+    assert headers["x-api-key"] == secret_value(over_http)
+    assert "x-sample-source" not in headers
     items = scan(dynamodb)
     assert len(items) == summary["sent"] == summary["written"]
-    assert {i["source"] for i in items} == {"traffic"}
+    assert {(i["client"], i["source"]) for i in items} == {("traffic", "traffic")}
     for item in items:
         assert item["label"] == comfort.label(item["temp"], item["rh"], item["wind"], item["clo"])
 
 
 @pytest.mark.slow
+def test_traffic_reads_its_key_once_per_execution_environment(dynamodb: Any, over_http: str) -> None:
+    first = secret_value(over_http)
+    traffic.handler(dict(SCHEDULE, seed=1), None)
+    boto3.client("secretsmanager").put_secret_value(SecretId=over_http, SecretString="rotated-but-unseen")
+    traffic.handler(dict(SCHEDULE, seed=2), None)
+    assert [headers["x-api-key"] for _, headers in UploadApi.seen] == [first, first]
+
+
+@pytest.mark.slow
+def test_traffic_with_a_key_the_gateway_does_not_know_is_refused(
+    dynamodb: Any, over_http: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = secret_value(over_http)
+    secrets = boto3.client("secretsmanager")
+    secrets.put_secret_value(SecretId=over_http, SecretString="not-a-key-of-this-api")
+    with pytest.raises(traffic.DeliveryError, match=r"answered 403: .*Forbidden") as caught:
+        traffic.handler(dict(SCHEDULE, seed=1), None)
+    assert caught.value.details["status"] == 403
+    assert scan(dynamodb) == []
+    # The refused key is forgotten: once the secret holds a good key again, the next call uses it.
+    secrets.put_secret_value(SecretId=over_http, SecretString=good)
+    assert traffic.handler(dict(SCHEDULE, seed=2), None)["written"] >= 1
+
+
+@pytest.mark.slow
 def test_traffic_over_http_reports_a_rejection(
-    dynamodb: Any, api: str, monkeypatch: pytest.MonkeyPatch
+    dynamodb: Any, api: str, over_http: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("UPLOAD_MAX_SAMPLES", "1")
-    config = traffic.TrafficSettings(api_url=api, min_samples=2, max_samples=2)
+    config = traffic.TrafficSettings(api_url=api, api_key_secret=over_http, min_samples=2, max_samples=2)
     with pytest.raises(traffic.DeliveryError, match=r"answered 413: .*limit is 1") as caught:
         traffic.run(config, seed=1)
     assert caught.value.details["status"] == 413
     assert scan(dynamodb) == []
+
+
+def test_traffic_without_its_secret_fails_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = traffic.TrafficSettings(
+        api_url="http://127.0.0.1:9", api_key_secret="autoretrain-test/no-such-secret"
+    )
+    message = r"from secret autoretrain-test/no-such-secret \(ResourceNotFoundException\)"
+    with pytest.raises(ConfigError, match=message):
+        traffic.run(config, seed=1)
 
 
 def test_traffic_reports_an_unreachable_api() -> None:
@@ -148,7 +221,7 @@ def test_traffic_reports_an_unreachable_api() -> None:
 
     config = traffic.TrafficSettings(api_url="http://127.0.0.1:9")
     with pytest.raises(traffic.DeliveryError, match="failed: connection refused"):
-        traffic.run(config, seed=1, opener=refuse)
+        traffic.run(config, seed=1, opener=refuse, key="k")
 
 
 def test_traffic_reports_a_reply_that_is_not_json() -> None:
@@ -157,7 +230,7 @@ def test_traffic_reports_a_reply_that_is_not_json() -> None:
 
     config = traffic.TrafficSettings(api_url="http://127.0.0.1:9")
     with pytest.raises(traffic.DeliveryError, match="not JSON"):
-        traffic.run(config, seed=1, opener=html)
+        traffic.run(config, seed=1, opener=html, key="k")
 
 
 @pytest.mark.parametrize(
@@ -173,6 +246,8 @@ def test_traffic_reports_a_reply_that_is_not_json() -> None:
         ({"TRAFFIC_LABEL_NOISE": "-0.1"}, "TRAFFIC_LABEL_NOISE must be >= 0"),
         ({"TRAFFIC_SEED": "abc"}, "TRAFFIC_SEED must be an integer"),
         ({"API_URL": "file:///etc/passwd"}, "API_URL must be an http(s) URL"),
+        ({"API_URL": "https://api.example.test/dev"}, "API_KEY_SECRET is required when API_URL is set"),
+        ({"API_URL": "https://api.example.test/dev", "API_KEY_SECRET": " "}, "API_KEY_SECRET is required"),
     ],
 )
 def test_traffic_settings_reject_bad_configuration(env: dict[str, str], message: str) -> None:

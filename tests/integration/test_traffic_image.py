@@ -55,7 +55,8 @@ def test_the_image_holds_the_handler_its_dependencies_and_the_compiled_kernels(
 
 
 def test_a_cold_start_loads_the_kernels_and_compiles_nothing(image: imagebuild.Image, api_url: str) -> None:
-    cold = coldstart.start_cold(image, {"seed": 5}, env={"API_URL": api_url, "TRAFFIC_MAX_SAMPLES": "20"})
+    env = {**coldstart.stub_environment(api_url), "TRAFFIC_MAX_SAMPLES": "20"}
+    cold = coldstart.start_cold(image, {"seed": 5}, env=env)
     assert cold.result["via"] == "http"
     assert cold.result["written"] == cold.result["sent"] >= 1
     # /tmp holds exactly the image's kernels, each with the size and time of its copy: numba found
@@ -68,7 +69,8 @@ def test_a_cold_start_loads_the_kernels_and_compiles_nothing(image: imagebuild.I
 def test_without_the_image_kernels_a_cold_start_compiles(image: imagebuild.Image, api_url: str) -> None:
     """What the check above tells apart: with the kernels left out, numba compiles them all again
     into /tmp (and the init takes several times longer)."""
-    cold = coldstart.start_cold(image, {"seed": 5}, env={"API_URL": api_url, "KERNEL_CACHE_IMAGE_DIR": ""})
+    env = {**coldstart.stub_environment(api_url), "KERNEL_CACHE_IMAGE_DIR": ""}
+    cold = coldstart.start_cold(image, {"seed": 5}, env=env)
     assert cold.result["written"] == cold.result["sent"]
     compiled = {name for name in cold.tmp_files if name.endswith(".nbc")}
     built = {f"numba-cache/{name}" for name in _built_kernels(image)}

@@ -1,4 +1,8 @@
-"""POST /upload against the data table that infra/serverless.yml declares (moto)."""
+"""POST /upload against the data table that infra/serverless.yml declares (moto).
+
+Every request here comes from the registered client ``acme`` (its API key id in the request
+context, as API Gateway passes it); what an identity changes is tests/integration/
+test_upload_identity.py's."""
 
 from __future__ import annotations
 
@@ -14,16 +18,19 @@ from lambdas import upload
 from lambdas.core import comfort, ingest
 from lambdas.core.errors import AutoretrainError, Unavailable
 from lambdas.core.registry import from_item
+from tests.support.identity import identified, register
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 ORIGINAL = [
     {"created": 1570323309012, "temp": 75, "rh": 60, "wind": 0.6, "clo": 1.0, "label": "ok", "score": -1}
 ]
 VALID = {"temp": 75, "rh": 60, "wind": 0.6, "clo": 1.0, "label": "ok"}
+ACME_KEY_ID = "acmekey123"
 
 
 def canned(name: str) -> dict[str, Any]:
-    return json.loads((EVENTS / name).read_text())
+    """A canned API Gateway event, sent with acme's API key."""
+    return identified(json.loads((EVENTS / name).read_text()), ACME_KEY_ID)
 
 
 def event(body: object, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -48,8 +55,11 @@ def scan(dynamodb: Any) -> list[dict[str, Any]]:
 @pytest.fixture(autouse=True)
 def fresh_settings(stack: Any) -> Any:
     upload.config.cache_clear()
+    upload.resolver.cache_clear()
+    register("acme", api_key_id=ACME_KEY_ID)
     yield
     upload.config.cache_clear()
+    upload.resolver.cache_clear()
 
 
 def test_upload_accepts_the_original_payload_unchanged(dynamodb: Any) -> None:
@@ -58,7 +68,8 @@ def test_upload_accepts_the_original_payload_unchanged(dynamodb: Any) -> None:
     assert body["written"] == 1 and len(body["ids"]) == 1
     [item] = scan(dynamodb)
     assert item["id"] == body["ids"][0]
-    assert {k: item[k] for k in ("temp", "rh", "wind", "clo", "label", "created", "score", "source")} == {
+    fields = ("temp", "rh", "wind", "clo", "label", "created", "score", "source", "client")
+    assert {k: item[k] for k in fields} == {
         "temp": 75,
         "rh": 60,
         "wind": 0.6,
@@ -67,6 +78,7 @@ def test_upload_accepts_the_original_payload_unchanged(dynamodb: Any) -> None:
         "created": 1570323309012,
         "score": -1,
         "source": "api",
+        "client": "acme",
     }
     assert item["ingested"] > item["created"]
 
@@ -87,12 +99,6 @@ def test_upload_accepts_a_base64_body(dynamodb: Any) -> None:
     status, body = call(canned("upload_base64.json"))
     assert (status, body["written"]) == (200, 1)
     assert [item["id"] for item in scan(dynamodb)] == body["ids"]
-
-
-def test_upload_marks_traffic_samples_by_header(dynamodb: Any) -> None:
-    status, _ = call(event(ORIGINAL, {"X-Sample-Source": "traffic"}))
-    assert status == 200
-    assert [item["source"] for item in scan(dynamodb)] == ["traffic"]
 
 
 @pytest.mark.parametrize("count", [1, 2000])
@@ -208,13 +214,6 @@ def test_upload_rejects_the_whole_request(
     assert scan(dynamodb) == []
 
 
-def test_upload_rejects_an_unknown_source_header(dynamodb: Any) -> None:
-    status, body = call(event(ORIGINAL, {"x-sample-source": "robot"}))
-    assert (status, body["error"]) == (400, "bad_request")
-    assert "X-Sample-Source" in body["message"]
-    assert scan(dynamodb) == []
-
-
 class Unreliable:
     """A real (moto) client whose BatchWriteItem leaves items unprocessed, as DynamoDB may.
 
@@ -251,7 +250,7 @@ def test_ingest_retries_unprocessed_items_until_written(dynamodb: Any) -> None:
         comfort.generate(60, 1, 0.0),
         ingest.IngestSettings.from_env(),
         source="api",
-        client=client,
+        ddb=client,
         backoff=ingest.Backoff(sleep=sleeps),
     )
     assert result.written == 60
@@ -278,7 +277,7 @@ def test_ingest_gives_up_after_the_bound_and_counts_only_what_was_written(dynamo
             comfort.generate(60, 2, 0.0),
             config,
             source="api",
-            client=client,
+            ddb=client,
             backoff=ingest.Backoff(sleep=sleeps),
         )
     # chunk 1: written; chunk 2: 20 written, the 5 left stay unprocessed for 3 attempts in all
@@ -298,7 +297,7 @@ def test_ingest_retries_throttling_errors(dynamodb: Any) -> None:
             comfort.generate(30, 3, 0.0),
             config,
             source="api",
-            client=client,
+            ddb=client,
             backoff=ingest.Backoff(sleep=Sleeps()),
         )
     assert client.calls == [25, 5, 5]
@@ -308,7 +307,7 @@ def test_ingest_stops_at_a_non_retryable_error_and_says_how_far_it_got(dynamodb:
     client = Unreliable(dynamodb, [0], error="ValidationException")
     with pytest.raises(AutoretrainError) as caught:
         ingest.ingest(
-            comfort.generate(30, 3, 0.0), ingest.IngestSettings.from_env(), source="api", client=client
+            comfort.generate(30, 3, 0.0), ingest.IngestSettings.from_env(), source="api", ddb=client
         )
     assert not isinstance(caught.value, Unavailable)
     assert caught.value.details["written"] == len(scan(dynamodb)) == 25

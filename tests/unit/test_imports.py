@@ -263,12 +263,42 @@ def test_to_items_refuses_import_fields_without_source_import_and_vice_versa(
         )
 
 
-def test_upload_header_may_not_claim_source_import() -> None:
-    from lambdas import upload
-    from lambdas.core.errors import BadRequest
+def test_to_items_of_an_import_carry_its_client() -> None:
+    sample = parse_sample(ROW, 0, now_ms=NOW_MS)
+    (item,) = ingest.to_items(
+        [sample],
+        ["s-1"],
+        ingested_ms=NOW_MS,
+        source="import",
+        client="acme",
+        import_id="imp-0123456789abcdef",
+        lines=[4],
+    )
+    assert (item["client"], item["source"]) == ({"S": "acme"}, {"S": "import"})
 
-    with pytest.raises(BadRequest):
-        upload.source_of({"headers": {"X-Sample-Source": "import"}})
+
+def test_to_items_of_an_import_from_before_clients_have_no_client_attribute() -> None:
+    sample = parse_sample(ROW, 0, now_ms=NOW_MS)
+    (item,) = ingest.to_items(
+        [sample], ["s-1"], ingested_ms=NOW_MS, source="import", import_id="imp-0123456789abcdef", lines=[4]
+    )
+    assert "client" not in item
+
+
+@pytest.mark.parametrize("client", ["", "Acme", "-acme", "a" * 64, "has space", 7])
+def test_to_items_refuses_a_client_that_is_not_a_client_name(client: Any) -> None:
+    sample = parse_sample(ROW, 0, now_ms=NOW_MS)
+    with pytest.raises(ValueError, match="client must be a client's name"):
+        ingest.to_items([sample], ["s-1"], ingested_ms=NOW_MS, source="api", client=client)
+
+
+def test_prepare_keys_cover_the_import_client() -> None:
+    rows = [imports.Row(1, 10, 2, data=ROW)]
+    mine = imports.prepare(rows, digest=DIGEST, now_ms=NOW_MS, in_flight=set(), client="acme")
+    theirs = imports.prepare(rows, digest=DIGEST, now_ms=NOW_MS, in_flight=set(), client="other")
+    sample = parse_sample(ROW, 0, now_ms=NOW_MS)
+    assert mine.keys == [import_key(sample, digest=DIGEST, line=1, client="acme")]
+    assert mine.keys != theirs.keys
 
 
 # the public view ----------------------------------------------------------------------------
