@@ -74,6 +74,9 @@ class TrainSettings:
     # Passed on to the trainer: where it load-checks a candidate and announces outcomes.
     api_url: str | None = None
     notify_topic_arn: str | None = None
+    # The holdout key's secret (its ARN): the trainer reads it with its instance role; this
+    # function only passes the name on and may not read it.
+    holdout_key_secret: str | None = None
     retry: lock.RetryPolicy = field(default_factory=lock.RetryPolicy)
     # Samples ingested this long before a run's scan started count again (see lock.end_run).
     scan_margin_s: int = 30
@@ -97,6 +100,7 @@ class TrainSettings:
             launch=launch.LaunchSettings.from_env(env),
             api_url=settings.optional(env, "API_URL", "") or None,
             notify_topic_arn=settings.optional(env, "NOTIFY_TOPIC_ARN", "") or None,
+            holdout_key_secret=settings.optional(env, "HOLDOUT_KEY_SECRET", "") or None,
             retry=lock.RetryPolicy(
                 retries=settings.integer(env, "TRAIN_RETRIES", 3, minimum=0),
                 backoff_s=settings.integer(env, "TRAIN_RETRY_BACKOFF_S", 60, minimum=1),
@@ -555,6 +559,7 @@ def trainer_environment(version: str, cfg: TrainSettings) -> dict[str, str]:
         "TRAIN_TIME_LIMIT_S": str(cfg.time_limit_s),
         **({"API_URL": cfg.api_url} if cfg.api_url else {}),
         **({"NOTIFY_TOPIC_ARN": cfg.notify_topic_arn} if cfg.notify_topic_arn else {}),
+        **({"HOLDOUT_KEY_SECRET": cfg.holdout_key_secret} if cfg.holdout_key_secret else {}),
         **cfg.trainer_settings,
     }
 

@@ -55,6 +55,12 @@ class Settings:
     holdout_percent: int = 10
     gate_tolerance: float = 0.01
     gate_min_accuracy: float = 0.6
+    # Fewer trusted holdout samples than this: the run is rejected, whatever its accuracy
+    # (trainer/README.md, "Holdout and trust").
+    gate_holdout_min: int = 10
+    # The holdout key's secret (Secrets Manager ARN or name): the holdout is chosen by
+    # HMAC-SHA256 under it. None (a laptop run): the public sha256 of the id, recorded as unkeyed.
+    holdout_key_secret: str | None = None
     # The gate's recent window (trainer/README.md, "Gate"): the samples that arrived after
     # latest's training data whose id is in the holdout or in the next GATE_RECENT_PERCENT %,
     # the newest GATE_RECENT_MAX of them (0: no window); judged from GATE_RECENT_MIN samples; a
@@ -120,6 +126,8 @@ class Settings:
             holdout_percent=holdout_percent,
             gate_tolerance=settings.number(env, "GATE_TOLERANCE", 0.01, minimum=0.0),
             gate_min_accuracy=settings.number(env, "GATE_MIN_ACCURACY", 0.6, minimum=0.0),
+            gate_holdout_min=settings.integer(env, "GATE_HOLDOUT_MIN", 10, minimum=1),
+            holdout_key_secret=settings.optional(env, "HOLDOUT_KEY_SECRET", "") or None,
             gate_recent_percent=recent_percent,
             gate_recent_max=settings.integer(env, "GATE_RECENT_MAX", 2000, minimum=0),
             drift_reference_max=settings.integer(env, "DRIFT_REFERENCE_MAX", 1000, minimum=200),

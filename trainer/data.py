@@ -1,22 +1,24 @@
-"""Samples from the data table to arrays: parallel scan, holdout by id hash, the gate's recent
-window, train/validation split."""
+"""Samples from the data table to arrays: parallel scan, each sample's client, holdout by a keyed
+hash of its id (trusted clients only), the gate's recent window, train/validation split."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 import math
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from lambdas.core import log
+from lambdas.core import clients, log
 from lambdas.core.schema import FEATURE_NAMES, LABELS
 
-_FIELDS = ("id", *FEATURE_NAMES, "label", "created", "ingested", "import_id")
+_FIELDS = ("id", *FEATURE_NAMES, "label", "created", "ingested", "import_id", "client")
 _LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
 
@@ -32,9 +34,27 @@ class Samples:
     # int64 [n], epoch ms: when the upload function wrote each sample (server time, unlike the
     # client's ``created``); None: not read, ``created`` stands in.
     ingested: np.ndarray | None = None
+    # Who sent each sample: int32 [n] codes into ``client_names`` (a million samples from a
+    # handful of clients cost 4 MB, not a million str references). None: every sample is
+    # ``unattributed`` (written before clients existed, or built by hand).
+    client: np.ndarray | None = None
+    client_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def client_codes(self) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Each sample's client as (codes, names): ``names[codes[i]]`` sent sample ``i``."""
+        if self.client is None:
+            return np.zeros(len(self.ids), dtype=np.int32), (clients.UNATTRIBUTED,)
+        return self.client, self.client_names
+
+    def clients_of(self) -> dict[str, int]:
+        """How many samples each client sent (only clients with at least one)."""
+        codes, all_names = self.client_codes
+        counts = np.bincount(codes, minlength=len(all_names))
+        return {all_names[c]: int(n) for c, n in enumerate(counts) if n}
 
     @property
     def watermark(self) -> int | None:
@@ -53,6 +73,8 @@ class Samples:
             y=self.y[index],
             created=self.created[index],
             ingested=None if self.ingested is None else self.ingested[index],
+            client=None if self.client is None else self.client[index],
+            client_names=self.client_names,
         )
 
 
@@ -75,6 +97,10 @@ class Split:
     # The gate's recent window: never in train or validation. Its members in the fixed holdout
     # are in ``holdout`` too.
     recent: Samples | None = None
+    # Revoked clients' samples left out: {client: count}.
+    excluded: dict[str, int] = field(default_factory=dict)
+    # The clients whose samples were used: {client: {"trust", "samples", "holdout"}}.
+    clients: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # Parallel scan: one segment per BYTES_PER_SEGMENT of table (DescribeTable's TableSizeBytes),
@@ -127,6 +153,9 @@ class _Columns:
         self.y = array("b")
         self.created = array("q")
         self.ingested = array("q")
+        # Client codes into ``names`` (this segment's own numbering; _join renumbers).
+        self.client = array("I")
+        self.names: dict[str, int] = {}
         self.skipped = 0
 
     def add(self, items: list[dict[str, Any]]) -> None:
@@ -135,12 +164,16 @@ class _Columns:
             if row is None:
                 self.skipped += 1
                 continue
-            sample_id, features, label, created, ingested = row
+            sample_id, features, label, created, ingested, client = row
             self.ids.append(sample_id)
             self.x.extend(features)
             self.y.append(label)
             self.created.append(created)
             self.ingested.append(ingested)
+            code = self.names.get(client)
+            if code is None:
+                code = self.names[client] = len(self.names)
+            self.client.append(code)
 
 
 def scan(table: str, client: Any, segments: int = 4, on_page: Callable[[int], None] | None = None) -> Samples:
@@ -191,6 +224,15 @@ def _join(parts: list[_Columns]) -> Samples:
     skipped = sum(part.skipped for part in parts)
     if skipped:
         log.warning("samples_skipped", count=skipped)
+    # One numbering of the clients for all segments: their names in order.
+    names = tuple(sorted({name for part in parts for name in part.names}))
+    number = {name: code for code, name in enumerate(names)}
+    codes = [np.zeros(0, dtype=np.int32)]
+    for part in parts:
+        renumber = np.asarray([number[name] for name in part.names], dtype=np.int32)
+        if len(part.client):
+            codes.append(renumber[np.frombuffer(part.client, dtype=np.uint32)])
+    client = np.concatenate(codes)
     order = sorted(range(len(ids)), key=ids.__getitem__)
     index = np.asarray(order, dtype=np.int64)
     return Samples(
@@ -200,6 +242,8 @@ def _join(parts: list[_Columns]) -> Samples:
         created=created[index],
         skipped=skipped,
         ingested=ingested[index],
+        client=client[index],
+        client_names=names,
     )
 
 
@@ -214,7 +258,7 @@ def to_samples(items: list[dict[str, Any]]) -> Samples:
     return _join([columns])
 
 
-def _row(item: dict[str, Any]) -> tuple[str, list[float], int, int, int] | None:
+def _row(item: dict[str, Any]) -> tuple[str, list[float], int, int, int, str] | None:
     try:
         sample_id = item["id"]["S"]
         features = [float(item[name]["N"]) for name in FEATURE_NAMES]
@@ -229,26 +273,71 @@ def _row(item: dict[str, Any]) -> tuple[str, list[float], int, int, int] | None:
             ingested = int(float(item["ingested"]["N"]))
         else:
             ingested = created
+        # Who sent it (the upload function writes the authenticated client's name); a sample
+        # written before clients existed has none.
+        client = item["client"]["S"] if "client" in item else clients.UNATTRIBUTED
     except (KeyError, TypeError, ValueError):
         return None
     if not all(math.isfinite(v) for v in features):
         return None
-    return sample_id, features, label, created, ingested
+    return sample_id, features, label, created, ingested, client
 
 
 def load(table: str, client: Any, segments: int = 4, on_page: Callable[[int], None] | None = None) -> Samples:
     return scan(table, client, segments, on_page)
 
 
-def id_bucket(sample_id: str) -> int:
+def id_bucket(sample_id: str, key: bytes | None = None) -> int:
     """A fixed number in 0-99 for each id: the holdout is buckets below HOLDOUT_PERCENT, the
-    recent window's own share the next GATE_RECENT_PERCENT."""
-    return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") % 100
+    recent window's own share the next GATE_RECENT_PERCENT.
+
+    With ``key`` (the holdout key, a secret only the trainer reads): HMAC-SHA256(key, id). A
+    client chooses its samples' ids (the upload body's ``id``), so with a public hash it could
+    choose ids that land in the holdout and grade the gate's exam itself; under a key it cannot
+    tell which ids do, and its samples spread over the buckets like anyone's (trainer/README.md,
+    "Holdout and trust"). Without a key (a laptop run): the public sha256(id)."""
+    message = sample_id.encode()
+    digest = hmac.digest(key, message, "sha256") if key is not None else hashlib.sha256(message).digest()
+    return int.from_bytes(digest[:8], "big") % 100
 
 
-def in_holdout(sample_id: str, percent: int) -> bool:
-    """A fixed ``percent`` of ids, the same in every run: runs are compared on comparable data."""
-    return id_bucket(sample_id) < percent
+def id_buckets(ids: list[str], key: bytes | None = None) -> np.ndarray:
+    """``id_bucket`` of each id, as int64 [n]."""
+    return np.fromiter((id_bucket(i, key) for i in ids), dtype=np.int64, count=len(ids))
+
+
+def in_holdout(sample_id: str, percent: int, key: bytes | None = None) -> bool:
+    """A fixed ``percent`` of ids, the same in every run with the same key: runs are compared on
+    comparable data. Only a trusted client's sample in these buckets is in the holdout (split)."""
+    return id_bucket(sample_id, key) < percent
+
+
+def trusted_mask(samples: Samples, trust: Mapping[str, str] | None) -> np.ndarray:
+    """Which samples a trusted client sent. ``trust`` None: every sample counts as trusted (a
+    run without a trust map: benchmarks, the notebook). A client missing from ``trust`` (no
+    record, not a built-in) is not trusted."""
+    codes, names = samples.client_codes
+    if trust is None:
+        return np.ones(len(samples), dtype=bool)
+    trusted = np.asarray(
+        [trust.get(name, clients.UNTRUSTED) == clients.TRUSTED for name in names], dtype=bool
+    )
+    return trusted[codes] if len(codes) else np.zeros(0, dtype=bool)
+
+
+def exclude_revoked(samples: Samples, trust: Mapping[str, str] | None) -> tuple[Samples, dict[str, int]]:
+    """``samples`` without those of revoked clients, and how many each revoked client lost."""
+    if trust is None:
+        return samples, {}
+    codes, names = samples.client_codes
+    revoked = np.asarray([trust.get(name) == clients.REVOKED for name in names], dtype=bool)
+    if not revoked.any():
+        return samples, {}
+    dropped = revoked[codes]
+    counts = np.bincount(codes[dropped], minlength=len(names))
+    excluded = {names[c]: int(n) for c, n in enumerate(counts) if n}
+    kept = samples.subset(np.flatnonzero(~dropped))
+    return dataclasses.replace(kept, skipped=samples.skipped), excluded
 
 
 def split(
@@ -258,27 +347,53 @@ def split(
     validation_fraction: float,
     seed: int,
     recent: RecentWindow | None = None,
+    trust: Mapping[str, str] | None = None,
+    key: bytes | None = None,
 ) -> Split:
-    """Holdout by id hash; the recent window (if asked) out of training too; the rest shuffled
-    with ``seed`` into train and validation."""
-    buckets = np.array([id_bucket(i) for i in samples.ids], dtype=np.int64)
-    holdout_mask = buckets < holdout_percent
+    """Revoked clients' samples out first; the holdout: trusted samples whose (keyed) id bucket
+    is below ``holdout_percent``; the recent window (if asked, trusted samples only) out of
+    training too; the rest, untrusted samples of holdout buckets included, shuffled with
+    ``seed`` into train and validation. ``trust`` None: all samples trusted."""
+    samples, excluded = exclude_revoked(samples, trust)
+    trusted = trusted_mask(samples, trust)
+    buckets = id_buckets(samples.ids, key)
+    holdout_mask = (buckets < holdout_percent) & trusted
     window_mask = np.zeros(len(samples), dtype=bool)
     if recent is not None and recent.max_count > 0:
         arrived = samples.arrived
-        eligible = np.flatnonzero((buckets < holdout_percent + recent.percent) & (arrived > recent.after_ms))
+        eligible = np.flatnonzero(
+            (buckets < holdout_percent + recent.percent) & (arrived > recent.after_ms) & trusted
+        )
         # Newest first; ids are sorted, so a stable sort breaks ties the same way in every run.
         newest = eligible[np.argsort(-arrived[eligible], kind="stable")][: recent.max_count]
         window_mask[newest] = True
     rest = np.flatnonzero(~holdout_mask & ~window_mask)
     rest = rest[np.random.default_rng(seed).permutation(len(rest))]
     n_validation = max(1, round(len(rest) * validation_fraction)) if len(rest) > 1 else 0
+    holdout = samples.subset(np.flatnonzero(holdout_mask))
     return Split(
         train=samples.subset(np.sort(rest[n_validation:])),
         validation=samples.subset(np.sort(rest[:n_validation])),
-        holdout=samples.subset(np.flatnonzero(holdout_mask)),
+        holdout=holdout,
         recent=samples.subset(np.flatnonzero(window_mask)) if recent is not None else None,
+        excluded=excluded,
+        clients=client_summary(samples, holdout, trust),
     )
+
+
+def client_summary(
+    samples: Samples, holdout: Samples, trust: Mapping[str, str] | None
+) -> dict[str, dict[str, Any]]:
+    """{client: {"trust", "samples", "holdout"}} for every client with samples in ``samples``."""
+    in_holdout = holdout.clients_of()
+    return {
+        name: {
+            "trust": clients.TRUSTED if trust is None else trust.get(name, clients.UNTRUSTED),
+            "samples": count,
+            "holdout": in_holdout.get(name, 0),
+        }
+        for name, count in samples.clients_of().items()
+    }
 
 
 def one_hot(y: np.ndarray) -> np.ndarray:

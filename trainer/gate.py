@@ -162,8 +162,13 @@ def decide(
     recent: Recent | None = None,
     recent_min: int = 100,
     drift_tolerance: float = 0.05,
+    holdout_count: int | None = None,
+    holdout_min: int = 1,
 ) -> Decision:
     """Compare the candidate with latest on the fixed holdout and on the recent window.
+
+    A holdout of fewer than ``holdout_min`` samples (``holdout_count``: trusted clients'
+    samples only) is too small to vouch for anything: rejected, whatever the accuracies.
 
     With no latest yet, the candidate must reach ``min_accuracy`` on the holdout. Otherwise the
     recent window speaks first (trainer/README.md, "Gate"): significantly WORSE there rejects;
@@ -181,6 +186,8 @@ def decide(
         recent=recent,
         recent_min=recent_min,
         drift_tolerance=drift_tolerance,
+        holdout_count=holdout_count,
+        holdout_min=holdout_min,
     )
     if not pinned:
         return quality
@@ -206,9 +213,17 @@ def _on_quality(
     recent: Recent | None,
     recent_min: int,
     drift_tolerance: float,
+    holdout_count: int | None = None,
+    holdout_min: int = 1,
 ) -> Decision:
     if candidate_accuracy is None:
         return Decision(REJECT, "empty holdout: nothing to evaluate on", None, baseline_version)
+    if holdout_count is not None and holdout_count < holdout_min:
+        reason = (
+            f"holdout too small: {holdout_count} trusted holdout samples < GATE_HOLDOUT_MIN {holdout_min} "
+            "(only trusted clients' samples form the holdout)"
+        )
+        return Decision(REJECT, reason, candidate_accuracy, baseline_version, baseline_accuracy)
     if baseline_version is None or baseline_accuracy is None:
         passed = candidate_accuracy >= min_accuracy
         reason = (

@@ -32,7 +32,7 @@ import numpy as np
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from lambdas.core import aws, drift, log, notify
+from lambdas.core import aws, clients, drift, log, notify
 from lambdas.core import settings as env_settings
 from lambdas.core.errors import AutoretrainError, Conflict, NotFound
 from lambdas.core.registry import (
@@ -101,8 +101,11 @@ def run(
     imds: Imds | None = None,
     release: ReleaseSettings | None = None,
     sns: Any = None,
+    secrets: Any = None,
 ) -> Outcome:
-    """Train, export, gate and record one run. Never raises for a failure of the run itself."""
+    """Train, export, gate and record one run. Never raises for a failure of the run itself.
+    ``secrets``: the Secrets Manager client the holdout key is read with (when
+    HOLDOUT_KEY_SECRET is set)."""
     release = ReleaseSettings.from_env() if release is None else release
     ddb = ddb or aws.dynamodb()
     s3 = s3 or aws.s3()
@@ -124,11 +127,20 @@ def run(
     status, exit_code = FAILED, EXIT_FAILED
     run_recorded = False
     try:
+        # The key first: a run that cannot read it fails before the long scan.
+        key, record["holdout"] = holdout_key(settings, secrets)
         heartbeat.enter(heartbeat.SCAN)
         # What this run trains on: every sample written before this moment (a consistent scan).
         # The train trigger counts only later samples towards the next run.
         scan_started_ms = int(time.time() * 1000)
         samples, record["scan"] = _scan(settings, ddb)
+        # Trust as it is after the scan: a client revoked while it ran is left out all the same
+        # (within the by-kind index's eventual consistency: DynamoDB Developer Guide, "DynamoDB
+        # read consistency": all reads from global secondary indexes are eventually consistent).
+        trust = clients.Clients(settings.model_table, ddb).trust_map()
+        samples, record["excluded"] = data.exclude_revoked(samples, trust)
+        if record["excluded"]:
+            log.log("clients_excluded", version=version, excluded=record["excluded"])
         record.update(sample_count=len(samples), skipped_count=samples.skipped, watermark=samples.watermark)
         record["scan_started_ms"] = scan_started_ms
         if len(samples) < settings.min_samples:
@@ -141,7 +153,7 @@ def run(
         else:
             run_recorded = _ensure_run(registry, version, record)
             status, exit_code = _train_and_publish(
-                settings, version, samples, record, registry, s3, imds, started, release
+                settings, version, samples, record, registry, s3, imds, started, release, trust, key
             )
     except Interrupted:
         status, exit_code = INTERRUPTED, EXIT_INTERRUPTED
@@ -270,6 +282,29 @@ def fit_budget_s(settings: Settings, started: float, now: float | None = None) -
     return max(min(MIN_FIT_BUDGET_S, settings.hyper.fit_budget_s), budget)
 
 
+def holdout_key(settings: Settings, secrets: Any = None) -> tuple[bytes | None, dict[str, Any]]:
+    """The holdout's HMAC key and what the run records of it: ``keyed``, ``key_version`` (the
+    secret version's VersionId, never the value) and ``trusted_only``.
+
+    GetSecretValue without VersionId or VersionStage returns the AWSCURRENT version, with its
+    ``VersionId`` and ``SecretString`` (Secrets Manager API reference, GetSecretValue); the
+    stack's secret is a generated string (``GenerateSecretString``). Without HOLDOUT_KEY_SECRET
+    (a laptop run) the holdout is the public sha256 of the id, and the record says so."""
+    if settings.holdout_key_secret is None:
+        reason = "HOLDOUT_KEY_SECRET not set: the holdout is the public sha256(id), which a client can aim at"
+        log.warning("holdout_unkeyed", reason=reason)
+        return None, {"keyed": False, "key_version": None, "trusted_only": True}
+    client = secrets or aws.client("secretsmanager")
+    answer = client.get_secret_value(SecretId=settings.holdout_key_secret)
+    value = answer.get("SecretString")
+    key = value.encode() if value is not None else answer.get("SecretBinary")
+    if not key:
+        raise ValueError(f"holdout key secret {settings.holdout_key_secret} has no value")
+    version_id = answer.get("VersionId")
+    log.log("holdout_key", key_version=version_id)
+    return bytes(key), {"keyed": True, "key_version": version_id, "trusted_only": True}
+
+
 def _scan(settings: Settings, ddb: Any) -> tuple[data.Samples, dict[str, Any]]:
     """Every sample of the data table, with what the scan cost: segments, items, seconds, and
     the process's peak memory after it (what the decode keeps)."""
@@ -331,6 +366,8 @@ def _train_and_publish(
     imds: Imds,
     started: float,
     release: ReleaseSettings,
+    trust: dict[str, str] | None = None,
+    key: bytes | None = None,
 ) -> tuple[str, int]:
     hyper = settings.hyper
     # The latest this run is compared with, read before the split: the gate's recent window
@@ -344,10 +381,13 @@ def _train_and_publish(
         validation_fraction=hyper.validation_fraction,
         seed=hyper.seed,
         recent=window,
+        trust=trust,
+        key=key,
     )
     record.update(
         train_count=len(parts.train), validation_count=len(parts.validation), holdout_count=len(parts.holdout)
     )
+    record["clients"] = parts.clients
     if parts.recent is not None:
         record["recent_count"] = len(parts.recent)
     record["input_profile"] = reference_profile(samples, settings.drift_reference_max)
@@ -360,7 +400,7 @@ def _train_and_publish(
         # The watcher runs until the upload is done: a notice after training still stops the
         # run before anything is published.
         return _fit_gate_publish(
-            settings, version, parts, record, registry, s3, watcher, started, release, pointer, window
+            settings, version, parts, record, registry, s3, watcher, started, release, pointer, window, key
         )
     finally:
         watcher.stop()
@@ -424,6 +464,7 @@ def _fit_gate_publish(
     release: ReleaseSettings,
     pointer: dict[str, Any] | None,
     window: data.RecentWindow | None,
+    key: bytes | None = None,
 ) -> tuple[str, int]:
     from trainer import model as net
 
@@ -464,7 +505,7 @@ def _fit_gate_publish(
                 net.predict(baseline, parts.recent.x).argmax(axis=1),
                 parts.recent.y,
                 after_ms=window.after_ms,
-                in_holdout=sum(data.in_holdout(i, settings.holdout_percent) for i in parts.recent.ids),
+                in_holdout=int((data.id_buckets(parts.recent.ids, key) < settings.holdout_percent).sum()),
             )
     decision = gate.decide(
         record["metrics"]["holdout"]["accuracy"],
@@ -476,6 +517,8 @@ def _fit_gate_publish(
         recent=recent,
         recent_min=settings.gate_recent_min,
         drift_tolerance=settings.gate_drift_tolerance,
+        holdout_count=len(parts.holdout),
+        holdout_min=settings.gate_holdout_min,
     )
     record["baseline_version"] = baseline_version  # the latest this run was compared with
 
