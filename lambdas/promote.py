@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from lambdas.core import aws, log, notify, registry, settings
-from lambdas.core.errors import BadRequest, Conflict
+from lambdas.core.errors import BadRequest, Conflict, Forbidden
 from lambdas.core.http import Event, Response, guarded, json_body, response
 
 MAX_REASON = 500
@@ -38,6 +38,12 @@ class RegistrySettings:
     bucket: str
     prefix: str
     notify: notify.NotifySettings
+    # The API keys whose callers may change latest (OPERATOR_API_KEY_ID, comma-separated: the
+    # stack's key of the `operators` usage plan). Every key of the stage passes API Gateway's
+    # check on every private route, the clients' keys that post samples included: a key is
+    # bound to a usage plan, not to routes (API Gateway Developer Guide, "Usage plans and API
+    # keys for REST APIs"). So the function itself tells operators from clients.
+    operator_keys: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, env: settings.Env | None = None) -> RegistrySettings:
@@ -48,6 +54,9 @@ class RegistrySettings:
             bucket=settings.required(env, "MODEL_BUCKET"),
             prefix=prefix if prefix.endswith("/") else prefix + "/",
             notify=notify.NotifySettings.from_env(env),
+            operator_keys=frozenset(
+                k.strip() for k in settings.optional(env, "OPERATOR_API_KEY_ID", "").split(",") if k.strip()
+            ),
         )
 
 
@@ -163,6 +172,17 @@ def _is_history_cursor(text: str) -> bool:
     return bool(sep) and seq.isascii() and seq.isdigit() and len(seq) == 10 and 0 < len(at) <= 40
 
 
+def check_operator(cfg: RegistrySettings, event: Event) -> None:
+    """Forbidden unless the caller is an operator: an operators' API key, or an IAM principal
+    (API Gateway sets ``userArn`` only after it has verified a SigV4 signature)."""
+    identity = (event.get("requestContext") or {}).get("identity") or {}
+    if identity.get("userArn"):
+        return
+    if identity.get("apiKeyId") and identity["apiKeyId"] in cfg.operator_keys:
+        return
+    raise Forbidden("changing latest needs an operator's API key (the operators usage plan's)")
+
+
 def actor_of(event: Event) -> str:
     """Who asked, as API Gateway authenticated them: IAM caller, else API key, else address."""
     identity = (event.get("requestContext") or {}).get("identity") or {}
@@ -201,6 +221,8 @@ def _handle(event: Event) -> Response:
     route = _route(event)
     if route == "GET /models/history":
         return response(200, history(cfg, event.get("queryStringParameters")))
+    if route.startswith("POST "):
+        check_operator(cfg, event)
     if route == "POST /models/{version}/promote":
         version = (event.get("pathParameters") or {}).get("version")
         if not (isinstance(version, str) and version.isascii() and registry.is_version(version)):

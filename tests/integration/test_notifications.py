@@ -31,6 +31,7 @@ def inbox(stack: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """An SQS queue subscribed to the notifications topic; NOTIFY_TOPIC_ARN set for publishers."""
     topic = stack.physical["NotificationsTopic"]
     monkeypatch.setenv("NOTIFY_TOPIC_ARN", topic)
+    monkeypatch.setenv("OPERATOR_API_KEY_ID", "k-ops")
     promote.reset()
     read = subscribe_inbox(topic)
     yield read

@@ -23,6 +23,7 @@ from scripts.bench_infer import ServingStack, publish
 from tests.integration.test_infer import write_model
 from tests.integration.test_trainer_outcomes import settings_for
 from tests.integration.test_trainer_publish import write_samples
+from tests.support.clouds import keyed
 from tests.unit.test_tfjs_model import ROOT, load_numpy
 from trainer import run as trainer_run
 
@@ -33,7 +34,8 @@ ROWS = [[60.0 + 3 * i, 25.0 + 5 * i, 0.05 * i, 0.4 + 0.1 * i] for i in range(6)]
 
 
 @pytest.fixture(autouse=True)
-def fresh() -> Any:
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("OPERATOR_API_KEY_ID", "k-ops")  # the key id `route` calls with
     for module in (infer, s3proxy, promote):
         module.reset()
     yield
@@ -54,10 +56,13 @@ def route(method: str, resource: str, body: Any = None, version: str | None = No
     return out["statusCode"], json.loads(out["body"])
 
 
-def http_route(api_url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """A registry route through the local API: the registry function in its own worker."""
+def http_route(serving: ServingStack, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """A registry route through the local API (a private route: with the stack's API key): the
+    registry function in its own worker."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{api_url}{path}", data=data, method=method)
+    request = urllib.request.Request(
+        f"{serving.api_url}{path}", data=data, method=method, headers=keyed(serving, operator=True)
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -65,10 +70,12 @@ def http_route(api_url: str, method: str, path: str, body: Any = None) -> tuple[
         return err.code, json.loads(err.read() or b"null")
 
 
-def post_infer(api_url: str) -> dict[str, Any]:
+def post_infer(serving: ServingStack) -> dict[str, Any]:
     rows = [dict(zip(("temp", "rh", "wind", "clo"), r, strict=True)) for r in ROWS]
     request = urllib.request.Request(
-        f"{api_url}/infer", data=json.dumps(rows).encode(), headers={"Content-Type": "application/json"}
+        f"{serving.api_url}/infer",
+        data=json.dumps(rows).encode(),
+        headers=keyed(serving, {"Content-Type": "application/json"}),
     )
     with urllib.request.urlopen(request, timeout=30) as resp:
         return dict(json.loads(resp.read()))
@@ -100,28 +107,26 @@ def test_rollback_restores_the_older_version_for_infer_and_tensorflow_js(tmp_pat
         assert np.abs(expected_old - expected_new).max() > 1e-3  # the two are told apart
         latest_url = f"{serving.api_url}/s3proxy/latest/model.json"
 
-        before = post_infer(serving.api_url)
+        before = post_infer(serving)
         assert before["version"] == V2
         assert np.abs(tfjs_predict(latest_url) - expected_new).max() <= 1e-5
 
-        status, change = http_route(
-            serving.api_url, "POST", f"/models/{V1}/promote", {"reason": "V2 misbehaves"}
-        )
+        status, change = http_route(serving, "POST", f"/models/{V1}/promote", {"reason": "V2 misbehaves"})
         assert status == 200 and (change["action"], change["previous"], change["version"]) == (
             "rollback",
             V2,
             V1,
         )
 
-        after = post_infer(serving.api_url)
+        after = post_infer(serving)
         assert after["version"] == V1
         assert np.abs(np.array(after["rawResult"]) - expected_old).max() <= 1e-5
         assert np.abs(tfjs_predict(latest_url) - expected_old).max() <= 1e-5
 
         # ... and forward again: the newer version comes back the same way.
-        status, change = http_route(serving.api_url, "POST", f"/models/{V2}/promote", {})
+        status, change = http_route(serving, "POST", f"/models/{V2}/promote", {})
         assert status == 200 and change["action"] == "promote"
-        assert post_infer(serving.api_url)["version"] == V2
+        assert post_infer(serving)["version"] == V2
         assert np.abs(tfjs_predict(latest_url) - expected_new).max() <= 1e-5
 
 

@@ -20,7 +20,8 @@ BAD = "v20261123T080000Z-0004"
 
 
 @pytest.fixture(autouse=True)
-def fresh() -> Any:
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("OPERATOR_API_KEY_ID", "k-ops, k-123,k-1")
     promote.reset()
     yield
     promote.reset()
@@ -47,7 +48,10 @@ def event(method: str, resource: str, body: Any = None, version: str | None = No
         "pathParameters": {"version": version} if version else None,
         "queryStringParameters": None,
         "body": None if body is None else (body if isinstance(body, str) else json.dumps(body)),
-        "requestContext": {"requestId": "r-1", "identity": {"sourceIp": "10.0.0.7", **identity}},
+        "requestContext": {
+            "requestId": "r-1",
+            "identity": {"sourceIp": "10.0.0.7", **(identity or {"apiKeyId": "k-ops"})},
+        },
     }
 
 
@@ -189,9 +193,9 @@ def test_promote_route_rolls_back_and_records_the_api_key_as_actor(reg: Registry
     assert reg.latest_version() == V2
 
 
-def test_promote_route_without_body_uses_default_reason_and_source_ip(reg: Registry) -> None:
+def test_promote_route_without_body_uses_default_reason_and_the_key_as_actor(reg: Registry) -> None:
     status, body = call(event("POST", "/models/{version}/promote", None, V2))
-    assert status == 200 and body["reason"] == "promoted by hand" and body["actor"] == "anonymous@10.0.0.7"
+    assert status == 200 and body["reason"] == "promoted by hand" and body["actor"] == "api-key:k-ops"
 
 
 def test_promote_route_iam_caller_is_the_actor(reg: Registry) -> None:
@@ -349,3 +353,22 @@ def test_notify_without_topic_or_with_failing_sns_never_raises() -> None:
 def test_notify_settings_read_the_topic_from_the_environment() -> None:
     assert notify.NotifySettings.from_env({"NOTIFY_TOPIC_ARN": " arn:x "}).topic_arn == "arn:x"
     assert notify.NotifySettings.from_env({}).topic_arn is None
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [{"apiKeyId": "k-client"}, {"sourceIp": "10.0.0.8"}],
+    ids=["a client's key", "no key"],
+)
+@pytest.mark.parametrize(
+    ("resource", "body"),
+    [("/models/{version}/promote", {"reason": "mine is better"}), ("/models/pin", {}), ("/models/unpin", {})],
+)
+def test_only_an_operator_may_change_latest(
+    reg: Registry, identity: dict[str, str], resource: str, body: Any
+) -> None:
+    before = reg.latest()
+    status, answer = call(event("POST", resource, body, V2 if "version" in resource else None, **identity))
+    assert (status, answer["error"]) == (403, "forbidden")
+    assert "operator" in answer["message"]
+    assert reg.latest() == before
