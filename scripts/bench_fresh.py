@@ -2,7 +2,8 @@
 
 On the local cloud, ``--samples`` labelled samples (100,000 by default) are posted by 8 clients
 in requests of 500, with the retraining settings as they are: runs start and coalesce while
-the data flows in, as they would under real traffic. Measured: from the moment the last POST
+the data flows in, as they would under real traffic. Every request sends the default client's
+API key, its usage plan lifted as ``scripts/bench_load.py`` lifts it. Measured: from the moment the last POST
 was answered to the moment ``POST /infer`` answers with the first model trained on every
 sample (the first run whose scan started after that moment), split into phases:
 
@@ -63,13 +64,14 @@ def _wait(what: str, check: Any, seconds: float, poll: float = 1.0) -> Any:
     raise TimeoutError(f"gave up after {seconds:g} s waiting for {what}")
 
 
-def _infer_version(url: str) -> str | None:
-    reply = requests.post(f"{url}/infer", json=INFER_ROWS, timeout=60)
+def _infer_version(url: str, key: str) -> str | None:
+    reply = requests.post(f"{url}/infer", json=INFER_ROWS, headers={"x-api-key": key}, timeout=60)
     return str(reply.json().get("version")) if reply.status_code == 200 else None
 
 
 def run(total: int, deadline_s: float) -> dict[str, Any]:
     from localcloud.cloud import LocalCloud
+    from scripts import demo_drift
 
     with tempfile.TemporaryDirectory(prefix="bench-fresh-") as tmp:
         said: list[str] = []
@@ -81,13 +83,15 @@ def run(total: int, deadline_s: float) -> dict[str, Any]:
             say=lambda line: said.append(f"{time.strftime('%H:%M:%S')} {line}"),
         )
         with cloud:
+            key = demo_drift.api_key(cloud)
+            bench_load.lift_usage_plan(cloud, key)
             print(
                 f"posting {total:,} samples ({CLIENTS} clients, requests of {bench_load.FLOW_BATCH}) ...",
                 flush=True,
             )
             began = time.time()
             results = bench_load._clients(
-                cloud.api_url, "flow", CLIENTS, total // CLIENTS, seed=7, processes=2
+                cloud.api_url, key, "flow", CLIENTS, total // CLIENTS, seed=7, processes=2
             )
             posted = time.time()
             written = sum(r["written"] for r in results)
@@ -110,7 +114,7 @@ def run(total: int, deadline_s: float) -> dict[str, Any]:
             if run_item["status"] == "published":
                 _wait(
                     "/infer to answer with the new version",
-                    lambda: _infer_version(cloud.api_url) == version,
+                    lambda: _infer_version(cloud.api_url, key) == version,
                     120,
                     0.2,
                 )

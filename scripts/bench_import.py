@@ -36,7 +36,7 @@ import requests
 from lambdas.core import comfort
 from localcloud import cloud as cloud_module
 from localcloud.cloud import LocalCloud
-from scripts import models
+from scripts import demo_drift, models
 
 SEED = 17
 COLUMNS = ("created", "temp", "rh", "wind", "clo", "label")
@@ -55,16 +55,19 @@ def write_csv(path: Path, rows: int, seed: int = SEED) -> list[dict[str, Any]]:
     return samples
 
 
-def import_file(api: str, path: Path) -> dict[str, Any]:
+def import_file(api: str, key: str, path: Path) -> dict[str, Any]:
     """The CLI's steps, timed: the final status with ``upload_s``, ``after_upload_s``, ``total_s``."""
+    headers = {"x-api-key": key}  # POST /imports and GET /imports/{id} are private routes
     started = time.perf_counter()
-    reply = requests.post(f"{api}/imports", json={"format": "csv", "filename": path.name}, timeout=30)
+    reply = requests.post(
+        f"{api}/imports", json={"format": "csv", "filename": path.name}, headers=headers, timeout=30
+    )
     reply.raise_for_status()
     created = reply.json()
     models.upload(created["upload"], path, path.stat().st_size)
     uploaded = time.perf_counter()
     while True:
-        status = requests.get(created["status_url"], timeout=30).json()
+        status = requests.get(created["status_url"], headers=headers, timeout=30).json()
         if status["status"] in ("done", "failed"):
             break
         time.sleep(0.2)
@@ -78,7 +81,7 @@ def import_file(api: str, path: Path) -> dict[str, Any]:
 
 
 def upload_all(
-    api: str, samples: list[dict[str, Any]], clients: int, per_request: int = 5000
+    api: str, key: str, samples: list[dict[str, Any]], clients: int, per_request: int = 5000
 ) -> tuple[float, int]:
     """Seconds to send ``samples`` through ``POST /upload``, ``per_request`` a request, ``clients``
     at once, and how many requests were sent again after a 503 (which says resending is safe)."""
@@ -89,7 +92,7 @@ def upload_all(
     def send(chunk: list[dict[str, Any]]) -> None:
         nonlocal resent
         for _ in range(10):
-            reply = requests.post(f"{api}/upload", json=chunk, timeout=120)
+            reply = requests.post(f"{api}/upload", json=chunk, headers={"x-api-key": key}, timeout=120)
             if reply.status_code == 200:
                 return
             if reply.status_code != 503:
@@ -141,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         with LocalCloud(
             root / "state", function_log=log, web_dir=None, say=print_nothing, drivers=drivers, **options
         ) as cloud:
-            api = cloud.api_url
-            first = import_file(api, small)
-            got = import_file(api, whole)
-            again = import_file(api, whole)
-            upload_s, resent = upload_all(api, samples, args.clients, args.per_request)
+            api, key = cloud.api_url, demo_drift.api_key(cloud)
+            first = import_file(api, key, small)
+            got = import_file(api, key, whole)
+            again = import_file(api, key, whole)
+            upload_s, resent = upload_all(api, key, samples, args.clients, args.per_request)
             peaks = (peak_memory(log, first["import_id"]), peak_memory(log, got["import_id"]))
 
     accounted = got["written"] + got["duplicates"] + got["rejected"]

@@ -144,6 +144,17 @@ class ServingStack:
     def stack(self) -> Any:
         return self.cloud.stack
 
+    @property
+    def api_key(self) -> str:
+        """The local cloud's default client's API key (x-api-key): POST /infer and POST /upload
+        are private routes."""
+        return str(self.cloud.api_key)
+
+    @property
+    def operator_api_key(self) -> str:
+        """The operators' key, the only one the registry POSTs (promote, pin, unpin) accept."""
+        return str(self.cloud.operator_api_key)
+
     def clients(self) -> tuple[Any, Any]:
         from lambdas.core import aws, registry
 

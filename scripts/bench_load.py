@@ -9,9 +9,11 @@
    as Lambda's IteratorAge) p50/p99/max, ``GET /models`` p50/p99/max, samples lost.
 
 The clients run in processes of their own (``python -m scripts.bench_load client``), so the
-local cloud's API front does not share its interpreter with them. Retraining is held back
-(MIN_NEW_SAMPLES huge): this measures ingestion. Results: a table on stdout and
-``artifacts/bench-load.json``.
+local cloud's API front does not share its interpreter with them. They all send the default
+client's API key (``x-api-key``, from the local cloud's endpoints.json). Retraining is held back
+(MIN_NEW_SAMPLES huge), and so is that key's usage plan (its throttle and quota lifted, as
+``aws apigateway update-usage-plan`` would): this measures ingestion, not the plan's limits.
+Results: a table on stdout and ``artifacts/bench-load.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ BURST_SAMPLES = 200
 FLOW_TOTAL = 100_000
 FLOW_CLIENTS = 8
 FLOW_BATCH = 500
+# The default client's plan, lifted for the benchmark: one key sends every request.
+UNLIMITED = "1000000000"
 
 
 # --- the client side (its own process) ----------------------------------------------------------
@@ -50,13 +54,14 @@ def client_main(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     lock = threading.Lock()
     start_at = float(args.start_at)
+    headers = {"x-api-key": args.api_key}
 
     def burst_client(index: int) -> None:
         samples = comfort.generate(args.samples, args.seed * 100_003 + index, 0.05)
         time.sleep(max(0.0, start_at - time.time()))
         began = time.perf_counter()
         try:
-            reply = requests.post(f"{args.url}/upload", json=samples, timeout=120)
+            reply = requests.post(f"{args.url}/upload", json=samples, headers=headers, timeout=120)
             outcome = {
                 "status": reply.status_code,
                 "written": reply.json().get("written", 0) if reply.ok else 0,
@@ -76,7 +81,7 @@ def client_main(args: argparse.Namespace) -> int:
             batch_no += 1
             began = time.perf_counter()
             try:
-                reply = requests.post(f"{args.url}/upload", json=samples, timeout=120)
+                reply = requests.post(f"{args.url}/upload", json=samples, headers=headers, timeout=120)
                 outcome = {
                     "status": reply.status_code,
                     "written": reply.json().get("written", 0) if reply.ok else 0,
@@ -100,7 +105,7 @@ def client_main(args: argparse.Namespace) -> int:
 
 
 def _clients(
-    url: str, mode: str, clients: int, samples: int, seed: int, processes: int
+    url: str, key: str, mode: str, clients: int, samples: int, seed: int, processes: int
 ) -> list[dict[str, Any]]:
     start_at = time.time() + 3.0  # every client process ready before the burst
     per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
@@ -108,6 +113,7 @@ def _clients(
         subprocess.Popen(
             [
                 *(sys.executable, "-m", "scripts.bench_load", "client", "--url", url, "--mode", mode),
+                *("--api-key", key),
                 *("--clients", str(n), "--samples", str(samples), "--seed", str(seed * 10 + i)),
                 *("--start-at", str(start_at)),
             ],
@@ -145,8 +151,31 @@ def _count(cloud: Any) -> int:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def lift_usage_plan(cloud: Any, key: str) -> None:
+    """Lift the throttle and quota of the usage plan that holds ``key`` (UpdateUsagePlan's
+    replace operations on /throttle/rateLimit, /throttle/burstLimit and /quota/limit: API Gateway
+    REST API Reference, UpdateUsagePlan and PatchOperation); the local cloud's gateway reads
+    plans from the AWS endpoint, so it applies at once."""
+    apigateway = cloud.client("apigateway")
+    key_ids = [k["id"] for k in apigateway.get_api_keys(includeValues=True)["items"] if k.get("value") == key]
+    if not key_ids:
+        raise RuntimeError("the default client's API key is not among the local cloud's API Gateway keys")
+    plans = apigateway.get_usage_plans(keyId=key_ids[0])["items"]
+    if not plans:
+        raise RuntimeError("the default client's API key is in no usage plan")
+    for plan in plans:
+        apigateway.update_usage_plan(
+            usagePlanId=plan["id"],
+            patchOperations=[
+                {"op": "replace", "path": path, "value": UNLIMITED}
+                for path in ("/throttle/rateLimit", "/throttle/burstLimit", "/quota/limit")
+            ],
+        )
+
+
 def run(total: int, bursts: tuple[int, ...]) -> dict[str, Any]:
     from localcloud.cloud import LocalCloud
+    from scripts import demo_drift
 
     report: dict[str, Any] = {"bursts": [], "flow": {}}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
@@ -160,10 +189,12 @@ def run(total: int, bursts: tuple[int, ...]) -> dict[str, Any]:
             say=lambda line: None,
         )
         with cloud:
+            key = demo_drift.api_key(cloud)
+            lift_usage_plan(cloud, key)
             streams = next(d for d in cloud.drivers if d.name == "streams")
             for seed, clients in enumerate(bursts, start=1):
                 before = _count(cloud)
-                results = _clients(cloud.api_url, "burst", clients, BURST_SAMPLES, seed, processes=4)
+                results = _clients(cloud.api_url, key, "burst", clients, BURST_SAMPLES, seed, processes=4)
                 # A request API Gateway gave up on (504 after 29 s) runs on in its function, as
                 # in AWS: count once the table stops growing.
                 landed, stable_since, give_up = -1, time.monotonic(), time.monotonic() + 120
@@ -208,7 +239,9 @@ def run(total: int, bursts: tuple[int, ...]) -> dict[str, Any]:
             prober = threading.Thread(target=probing)
             prober.start()
             began = time.perf_counter()
-            results = _clients(cloud.api_url, "flow", FLOW_CLIENTS, total // FLOW_CLIENTS, 99, processes=2)
+            results = _clients(
+                cloud.api_url, key, "flow", FLOW_CLIENTS, total // FLOW_CLIENTS, 99, processes=2
+            )
             ingest_s = time.perf_counter() - began
             sent = sum(r.get("sent", 0) for r in results)
             # the stream catches up: wait until every record has reached the train function
@@ -274,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     client = sub.add_parser("client")
     client.add_argument("--url", required=True)
+    client.add_argument("--api-key", required=True, help="sent as x-api-key")
     client.add_argument("--mode", choices=("burst", "flow"), required=True)
     client.add_argument("--clients", type=int, required=True)
     client.add_argument("--samples", type=int, required=True)

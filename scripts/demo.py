@@ -70,6 +70,12 @@ class Demo:
     instance_id: str | None = None
     launched_at: float | None = None  # epoch s, from the train function's log line
     terminated_at: float | None = None  # epoch s, when the demo saw the instance terminated
+    key: str = ""  # the default client's API key, from endpoints.json as a user reads it
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """POST /upload and POST /infer are private routes: API Gateway wants the key."""
+        return {"x-api-key": self.key}
 
     @property
     def function_log(self) -> Path:
@@ -123,8 +129,11 @@ class Demo:
 def post_original_sample(demo: Demo) -> None:
     url = f"{demo.cloud.api_url}/upload"
     body = json.dumps(ORIGINAL_SAMPLE)
-    demo.say(f"$ curl -X POST {url} -d '{body}'")
-    reply = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    demo.say(f'API_KEY: the default client\'s key, "api_key" in {demo.cloud.endpoints_file}')
+    demo.say(f"$ curl -X POST {url} -H \"x-api-key: $API_KEY\" -d '{body}'")
+    reply = requests.post(
+        url, data=body, headers={"Content-Type": "application/json", **demo.headers}, timeout=30
+    )
     demo.say(f"HTTP {reply.status_code}")
     demo.say(reply.text)
     if reply.status_code != 200:
@@ -158,9 +167,11 @@ def watch_traffic(demo: Demo) -> None:
 def show_data_table(demo: Demo) -> None:
     items = demo.data_items()
     by_source = Counter(item.get("source", {}).get("S", "?") for item in items)
+    by_client = Counter(item.get("client", {}).get("S", "unattributed") for item in items)
     by_label = Counter(item["label"]["S"] for item in items)
     demo.say(f"{len(items)} samples in {demo.cloud.stack.table_name('DataTable')}")
     demo.say("by source: " + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())))
+    demo.say("by client: " + ", ".join(f"{k} {v}" for k, v in sorted(by_client.items())))
     demo.say("by label:  " + ", ".join(f"{k} {v}" for k, v in sorted(by_label.items())))
     posted = [item for item in items if item["id"]["S"] in demo.posted_ids]
     if len(posted) != len(ORIGINAL_SAMPLE):
@@ -179,7 +190,7 @@ def upload_batch(demo: Demo) -> None:
         f"POST /upload with {len(samples)} samples labelled by the PMV comfort model "
         f"({BATCH_NOISE:.0%} label noise)"
     )
-    reply = requests.post(f"{demo.cloud.api_url}/upload", json=samples, timeout=120)
+    reply = requests.post(f"{demo.cloud.api_url}/upload", json=samples, headers=demo.headers, timeout=120)
     if reply.status_code != 200:
         raise DemoFailed(f"POST /upload answered {reply.status_code}: {reply.text[:200]}")
     demo.say(f"HTTP 200: {reply.json()['written']} written; the data table holds {demo.data_count()} samples")
@@ -330,7 +341,7 @@ def show_cleanup(demo: Demo) -> None:
 def show_predictions(demo: Demo) -> None:
     url = f"{demo.cloud.api_url}/infer"
     demo.say(f"POST {url} with {len(INFER_INPUTS)} inputs")
-    reply = requests.post(url, json=INFER_INPUTS, timeout=60)
+    reply = requests.post(url, json=INFER_INPUTS, headers=demo.headers, timeout=60)
     if reply.status_code != 200:
         raise DemoFailed(f"POST /infer answered {reply.status_code}: {reply.text[:200]}")
     body = reply.json()
@@ -417,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                 target: Any = scenario
             else:
                 offset = function_log.stat().st_size if function_log.exists() else 0
-                steps, target = list(STEPS), Demo(cloud, args, log_offset=offset)
+                key = demo_drift.api_key(cloud)
+                steps, target = list(STEPS), Demo(cloud, args, log_offset=offset, key=key)
             for number, (title, step) in enumerate(steps, start=2):
                 heading(number, title)
                 step(target)

@@ -8,15 +8,17 @@ for a retrain long before the count rule's ``MIN_NEW_SAMPLES`` new samples, and 
 serves the shifted traffic well again.
 
 The scenario plays the traffic function itself (the schedule is off): each call is
-``lambdas.traffic``'s own ``make_samples`` and ``post`` to ``/upload``, with a seeded generator,
-and it waits until the score function has counted a call's samples before the next, so the
-figures (``Scenario.figures``, which ``scripts/bench_drift.py`` prints) count samples exactly
+``lambdas.traffic``'s own ``make_samples`` and ``post`` to ``/upload`` with the traffic client's
+API key (read from its secret, as the function reads it), with a seeded generator, and it waits
+until the score function has counted a call's samples before the next, so the figures
+(``Scenario.figures``, which ``scripts/bench_drift.py`` prints) count samples exactly
 to a call. Each step fails with ``DemoFailed`` when it does not see what it should.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +59,33 @@ def wait_until(what: str, check: Callable[[], Any], seconds: float, *, poll: flo
         time.sleep(poll)
 
 
+def api_key(cloud: LocalCloud) -> str:
+    """The default client's API key as a user finds it: ``"api_key"`` in the local cloud's
+    endpoints.json. POST /upload and POST /infer are private routes: without it, 403."""
+    try:
+        key = json.loads(cloud.endpoints_file.read_text()).get("api_key")
+    except (OSError, ValueError) as err:
+        raise DemoFailed(f"cannot read the local cloud's endpoints ({cloud.endpoints_file}): {err}") from err
+    if not isinstance(key, str) or not key:
+        raise DemoFailed(
+            f'{cloud.endpoints_file} has no "api_key": the local cloud wrote no key for its default '
+            "client, and POST /upload and POST /infer answer 403 without one (x-api-key)"
+        )
+    return key
+
+
+def traffic_api_key(cloud: LocalCloud) -> str:
+    """The traffic client's API key, read as the traffic function reads it: the secret its
+    API_KEY_SECRET names."""
+    secret = cloud.function_environment("traffic").get("API_KEY_SECRET")
+    if not secret:
+        raise DemoFailed("the traffic function has no API_KEY_SECRET: the secret holding its API key")
+    value = cloud.client("secretsmanager").get_secret_value(SecretId=secret).get("SecretString")
+    if not value:
+        raise DemoFailed(f"secret {secret} holds no API key (no SecretString)")
+    return str(value)
+
+
 def cloud_options(min_new_samples: int = MIN_NEW_SAMPLES) -> dict[str, Any]:
     """The local cloud's settings for the scenario: the scheduled traffic off (the scenario
     sends it) and the count rule at ``min_new_samples``."""
@@ -86,8 +115,12 @@ class Scenario:
     second: str | None = None  # the retrain the shift caused
     pre_shift: live.Counts = field(default_factory=live.Counts)  # the first model's, at the shift
     figures: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # the default client's API key (endpoints.json)
+    traffic_key: str = ""  # the traffic client's
 
     def __post_init__(self) -> None:
+        self.key = self.key or api_key(self.cloud)
+        self.traffic_key = self.traffic_key or traffic_api_key(self.cloud)
         if self.config is None:
             self.config = traffic.TrafficSettings(
                 api_url=self.cloud.api_url, min_samples=PER_CALL, max_samples=PER_CALL, label_noise=NOISE
@@ -132,7 +165,9 @@ class Scenario:
         assert self.config is not None
         before = self.counts(version).seen
         samples = traffic.make_samples(self.config, self.rng)
-        traffic.post(str(self.config.api_url), samples, timeout=self.config.timeout_s)
+        traffic.post(
+            str(self.config.api_url), samples, api_key=self.traffic_key, timeout=self.config.timeout_s
+        )
         self.wait(
             f"{version} to score {len(samples)} samples",
             lambda: self.counts(version).seen >= before + len(samples),
@@ -150,7 +185,9 @@ def first_model(s: Scenario) -> None:
         f"POST /upload with {len(samples)} office samples (PMV labels at {comfort.OFFICE.met} met, "
         f"{NOISE:.0%} label noise): the count rule starts a run at {s.min_new_samples} new samples"
     )
-    reply = requests.post(f"{s.cloud.api_url}/upload", json=samples, timeout=120)
+    reply = requests.post(
+        f"{s.cloud.api_url}/upload", json=samples, headers={"x-api-key": s.key}, timeout=120
+    )
     if reply.status_code != 200:
         raise DemoFailed(f"POST /upload answered {reply.status_code}: {reply.text[:200]}")
     launched = s.wait("the first run to be launched", lambda: s.new_run(set()))

@@ -33,13 +33,58 @@ async function errorFrom(response, what) {
   });
 }
 
-export async function request(path, { method = "GET", body } = {}) {
+// The API key of private routes (POST /upload): API Gateway answers 403 without a valid one in
+// the x-api-key header ("Test usage plans for REST APIs in API Gateway", AWS docs). The page
+// takes it from ?key= in its URL or from the key field, and keeps it in this browser only.
+const KEY_STORE = "autoretrain.apiKey";
+
+export function apiKey() {
+  try {
+    return window.localStorage.getItem(KEY_STORE) || "";
+  } catch {
+    return ""; // storage refused (a privacy setting): the page works without it, feedback needs a key
+  }
+}
+
+export function setApiKey(key) {
+  const value = String(key || "").trim();
+  try {
+    if (value) window.localStorage.setItem(KEY_STORE, value);
+    else window.localStorage.removeItem(KEY_STORE);
+  } catch {
+    // not kept: asked again on the next visit
+  }
+  return value;
+}
+
+// ?key=... in the page's address: kept, then taken out of the address bar so it is not bookmarked,
+// shared, or kept in the history.
+export function keyFromAddress() {
+  const url = new URL(window.location.href);
+  const key = url.searchParams.get("key");
+  if (key === null) return null;
+  url.searchParams.delete("key");
+  window.history.replaceState(window.history.state, "", url.pathname + url.search + url.hash);
+  return setApiKey(key);
+}
+
+export async function request(path, { method = "GET", body, key = false } = {}) {
   const what = `${method} ${path}`;
+  const headers = body === undefined ? {} : { "Content-Type": "application/json" };
+  if (key) {
+    const value = apiKey();
+    if (!value) {
+      throw new ApiError(`${what} needs an API key: enter it under "API key" (or open the page with ?key=...).`, {
+        code: "no_api_key",
+      });
+    }
+    headers["x-api-key"] = value;
+  }
   let response;
   try {
     response = await fetch(API + path, {
       method,
-      headers: body === undefined ? {} : { "Content-Type": "application/json" },
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
     });
@@ -54,6 +99,6 @@ export async function request(path, { method = "GET", body } = {}) {
 // buckets, changes of latest, runs).
 export const listModels = (limit = 50) => request(`/models?limit=${limit}&live=serving`);
 
-export const upload = (samples) => request("/upload", { method: "POST", body: samples });
+export const upload = (samples) => request("/upload", { method: "POST", body: samples, key: true });
 
 export const modelUrl = (version = "latest") => `${API}/s3proxy/${version}/model.json`;

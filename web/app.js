@@ -1,5 +1,5 @@
 // The page: predict in the browser with the latest model, show its record, collect feedback.
-import { API, ApiError, listModels, modelUrl, upload } from "./api.js";
+import { API, ApiError, apiKey, keyFromAddress, listModels, modelUrl, setApiKey, upload } from "./api.js";
 import { holdoutAccuracy, renderChart, shortVersion } from "./chart.js";
 import { renderLiveChart } from "./livechart.js";
 
@@ -338,7 +338,9 @@ async function sendFeeling(label, button) {
     feedback.dataset.sampleId = "";
     const where = err instanceof ApiError && err.field ? ` (field "${err.field}")` : "";
     const status = err instanceof ApiError && err.status ? `HTTP ${err.status}: ` : "";
-    setStatus(feedback, `Not recorded. ${status}${err.message}${where}`, "error");
+    // API Gateway's 403 on a private route: no key, or one it does not know (or disabled).
+    const hint = err instanceof ApiError && err.status === 403 ? " Check the API key." : "";
+    setStatus(feedback, `Not recorded. ${status}${err.message}${where}${hint}`, "error");
   } finally {
     for (const b of document.querySelectorAll(".feel-button")) b.disabled = false;
     button.focus();
@@ -347,8 +349,18 @@ async function sendFeeling(label, button) {
 
 // --- start ---------------------------------------------------------------------------------
 
+function setUpKey() {
+  keyFromAddress();
+  const field = $("api-key");
+  field.value = apiKey();
+  field.addEventListener("change", () => {
+    field.value = setApiKey(field.value);
+  });
+}
+
 async function main() {
   $("api-origin").textContent = `API: ${API}`;
+  setUpKey();
   renderBars(null);
   currentInputs();
   $("inputs").addEventListener("input", predict);

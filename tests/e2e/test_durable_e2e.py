@@ -26,7 +26,7 @@ from lambdas.core.lock import LockStore
 from lambdas.core.registry import Registry
 from localcloud import infra
 from localcloud.cloud import LocalCloud, forget
-from tests.support.clouds import QUIET, wait
+from tests.support.clouds import QUIET, keyed, wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = infra.ROOT
@@ -38,7 +38,9 @@ def test_state_survives_a_clean_stop_and_fresh_starts_empty(tmp_path: Path) -> N
     state = tmp_path / "state"
     samples = comfort.generate(3, 1, 0.0)
     with LocalCloud(state, durable=True, drivers=(), schedule_overrides=QUIET, web_dir=None) as cloud:
-        assert requests.post(f"{cloud.api_url}/upload", json=samples, timeout=60).status_code == 200
+        reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=60)
+        assert reply.status_code == 200
+        key = cloud.api_key
         bucket = cloud.stack.physical["ModelBucket"]
         cloud.client("s3").put_object(Bucket=bucket, Key="models/v1/model.json", Body=b'{"v": 1}')
         registry = Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))
@@ -53,6 +55,10 @@ def test_state_survives_a_clean_stop_and_fresh_starts_empty(tmp_path: Path) -> N
         assert registry.latest_version() == "v20261130T010101Z-aaaa"
         # the restored roles still work for the functions (new sessions, same policies)
         assert requests.get(f"{again.api_url}/models", timeout=60).status_code == 200
+        # the default client keeps its key: what a user copied still works
+        assert again.api_key == key
+        reply = requests.post(f"{again.api_url}/upload", json=samples, headers=keyed(again), timeout=60)
+        assert reply.status_code == 200, reply.text
     forget(state)
     with LocalCloud(state, durable=True, drivers=(), schedule_overrides=QUIET, web_dir=None) as empty:
         ddb = empty.client("dynamodb")
@@ -122,7 +128,9 @@ def test_a_crash_mid_run_loses_nothing_and_the_pipeline_carries_on(tmp_path: Pat
     first = Process(state, log, LOCALCLOUD_TRAINER_CMD=BUSY_TRAINER)
     processes.append(first)
     samples = comfort.generate(240, 3, 0.05)
-    reply = requests.post(f"{first.endpoints['api']}/upload", json=samples, timeout=120)
+    reply = requests.post(
+        f"{first.endpoints['api']}/upload", json=samples, headers=keyed(first.endpoints), timeout=120
+    )
     assert reply.status_code == 200 and reply.json()["written"] == 240
     model_table = "autoretrain-local-models"
     registry = Registry(model_table, first.client("dynamodb"))

@@ -18,7 +18,7 @@ import requests
 from lambdas.core import comfort
 from lambdas.core.registry import Registry
 from localcloud.cloud import LocalCloud
-from tests.support.clouds import wait
+from tests.support.clouds import keyed, wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -56,7 +56,7 @@ def test_upload_under_throttling_retries_and_loses_nothing(make_cloud) -> None:
         times=3,
     )
     samples = comfort.generate(120, 1, 0.05)
-    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
     assert reply.status_code == 200, reply.text
     assert set(reply.json()["ids"]) == ids_in_table(cloud)
     assert len(ids_in_table(cloud)) == 120
@@ -73,13 +73,13 @@ def test_upload_when_dynamodb_keeps_throttling_is_a_clear_503_and_a_resend_compl
         times=-1,
     )
     samples = comfort.generate(60, 2, 0.05)
-    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
     assert reply.status_code == 503
     body = reply.json()
     assert body["written"] == 0 and "resend" in body["message"].lower()
     assert ids_in_table(cloud) == set()
     clear_faults(cloud)
-    again = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    again = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
     assert again.status_code == 200
     assert len(ids_in_table(cloud)) == 60  # the resend wrote each sample once
 
@@ -88,7 +88,7 @@ def test_unprocessed_items_are_written_by_the_retries(make_cloud) -> None:
     cloud = make_cloud()
     inject(cloud, action="dynamodb:BatchWriteItem", unprocessed=True, times=4)
     samples = comfort.generate(100, 3, 0.05)
-    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
     assert reply.status_code == 200, reply.text
     assert len(ids_in_table(cloud)) == 100
     assert clear_faults(cloud)[0]["fired"] == 4
@@ -106,7 +106,7 @@ def test_a_failing_stream_handler_loses_no_sample_id(make_cloud, tmp_path) -> No
         times=-1,
     )
     samples = comfort.generate(30, 4, 0.05)
-    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
     posted = set(reply.json()["ids"])
     sqs = cloud.client("sqs")
     url = cloud.stack.physical["TrainFailureQueue"]
@@ -149,7 +149,8 @@ def test_an_s3_error_while_publishing_never_moves_latest_to_a_partial_model(make
         times=-1,
     )
     samples = comfort.generate(240, 5, 0.05)
-    assert requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120).status_code == 200
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
+    assert reply.status_code == 200
     registry = Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))
     run = wait(
         lambda: next(
@@ -238,7 +239,8 @@ def test_a_trainer_failing_at_each_phase_loses_nothing_and_is_retried(
         args = (cloud.state_dir, MARKERS[what], act, stop)
         threading.Thread(target=_when_logged, args=args, daemon=True).start()
     samples = comfort.generate(240, 11, 0.05)
-    posted = set(requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120).json()["ids"])
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
+    posted = set(reply.json()["ids"])
     registry = Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))
 
     def first_outcome() -> dict[str, Any] | None:

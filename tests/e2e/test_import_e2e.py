@@ -29,7 +29,7 @@ from lambdas.core import comfort, registry
 from localcloud import cloud as cloud_module
 from localcloud.cloud import LocalCloud
 from scripts import models
-from tests.support.clouds import narrator, print_function_log, wait
+from tests.support.clouds import keyed, narrator, print_function_log, wait
 
 ROWS = 25_000
 COLUMNS = ("created", "temp", "rh", "wind", "clo", "label")
@@ -64,15 +64,16 @@ def write_csv(path: Path, rows: int, seed: int, bad: Sequence[tuple[int, list[st
     return rows + len(bad)
 
 
-def cli_import(api: str, path: Path) -> tuple[int, str, str]:
+def cli_import(cloud: LocalCloud, path: Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
+    argv = ["import", str(path), "--api", cloud.api_url, "--api-key", cloud.api_key]
     with redirect_stdout(out), redirect_stderr(err):
-        code = models.main(["import", str(path), "--api", api, "--poll", "0.5", "--timeout", "600"])
+        code = models.main([*argv, "--poll", "0.5", "--timeout", "600"])
     return code, out.getvalue(), err.getvalue()
 
 
-def status(api: str, import_id: str) -> dict[str, Any]:
-    reply = requests.get(f"{api}/imports/{import_id}", timeout=30)
+def status(cloud: LocalCloud, import_id: str) -> dict[str, Any]:
+    reply = requests.get(f"{cloud.api_url}/imports/{import_id}", headers=keyed(cloud), timeout=30)
     assert reply.status_code == 200, reply.text
     return dict(reply.json())
 
@@ -122,10 +123,10 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Imported]:
     try:
         with cloud:
             reg = registry.Registry(cloud.stack.table_name("ModelTable"), cloud.client("dynamodb"))
-            code, out, err = cli_import(cloud.api_url, path)
+            code, out, err = cli_import(cloud, path)
             assert code == 0, f"{out}\n{err}"
             runs_during, _ = reg.list_runs()
-            first = status(cloud.api_url, import_id_of(out))
+            first = status(cloud, import_id_of(out))
             # The train function's schedule (2 s locally) starts one run once the hold is gone.
             wait(lambda: reg.list_runs()[0], 30, "a run after the import")
             time.sleep(6)  # three more ticks: no second run
@@ -174,9 +175,9 @@ def test_import_e2e_the_retraining_trigger_starts_one_run_after_the_import_not_o
 @pytest.mark.e2e
 def test_import_e2e_the_same_file_again_writes_nothing(imported: Imported) -> None:
     before = count_items(imported.cloud)
-    code, out, err = cli_import(imported.cloud.api_url, imported.file)
+    code, out, err = cli_import(imported.cloud, imported.file)
     assert code == 0, f"{out}\n{err}"
-    again = status(imported.cloud.api_url, import_id_of(out))
+    again = status(imported.cloud, import_id_of(out))
     assert again["import_id"] != imported.first["import_id"]
     assert (again["written"], again["duplicates"], again["rejected"]) == (0, ROWS, len(BAD_ROWS))
     assert count_items(imported.cloud) == before
@@ -218,24 +219,26 @@ def test_import_e2e_a_killed_importer_resumes_without_loss_or_duplicates(tmp_pat
     )
     try:
         with cloud:
-            api = cloud.api_url
             created = requests.post(
-                f"{api}/imports", json={"format": "csv", "filename": path.name}, timeout=30
+                f"{cloud.api_url}/imports",
+                json={"format": "csv", "filename": path.name},
+                headers=keyed(cloud),
+                timeout=30,
             )
             assert created.status_code == 201, created.text
             import_id = created.json()["import_id"]
             models.upload(created.json()["upload"], path, path.stat().st_size)
-            wait(lambda: status(api, import_id)["rows_read"] > 0, 60, "the import to start")
+            wait(lambda: status(cloud, import_id)["rows_read"] > 0, 60, "the import to start")
             killed = _importer_workers(cloud.function_name("importer"))
             assert killed, "no importer worker to kill"
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
-            at_kill = status(api, import_id)
+            at_kill = status(cloud, import_id)
             assert at_kill["status"] == "importing" and at_kill["rows_read"] < rows
             done = wait(
-                lambda: status(api, import_id)["status"] in ("done", "failed"), 240, "the import to end"
+                lambda: status(cloud, import_id)["status"] in ("done", "failed"), 240, "the import to end"
             )
-            final = status(api, import_id)
+            final = status(cloud, import_id)
             assert done and final["status"] == "done", final
             assert final["rows_read"] == rows
             assert (final["written"], final["duplicates"], final["rejected"]) == (rows, 0, 0)

@@ -87,30 +87,31 @@ def test_ingestion_e2e_make_local_takes_curl_uploads_and_traffic_then_stops_on_s
     )
     table = infra.load(stage="local").table_name("DataTable")
 
-    curl = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "-w",
-            "\\n%{http_code}",
-            "-X",
-            "POST",
-            f"{endpoints['api']}/upload",
-            "-d",
-            ORIGINAL_PAYLOAD,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    body, status = curl.stdout.rsplit("\n", 1)
+    def curl(*headers: str) -> tuple[str, str]:
+        done = subprocess.run(
+            ["curl", "-s", "-w", "\\n%{http_code}", "-X", "POST", f"{endpoints['api']}/upload"]
+            + [arg for header in headers for arg in ("-H", header)]
+            + ["-d", ORIGINAL_PAYLOAD],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        body, status = done.stdout.rsplit("\n", 1)
+        return body, status
+
+    # As the README shows it: the default client's key from endpoints.json; without it, API
+    # Gateway's 403.
+    body, status = curl()
+    assert (status, json.loads(body)) == ("403", {"message": "Forbidden"})
+    body, status = curl(f"x-api-key: {endpoints['api_key']}")
     assert status == "200", body
     (sample_id,) = json.loads(body)["ids"]
     item = dynamodb.get_item(TableName=table, Key={"id": {"S": sample_id}}, ConsistentRead=True).get("Item")
     assert item is not None
     assert item["label"] == {"S": "ok"}
     assert item["source"] == {"S": "api"}
+    assert item["client"] == {"S": "default"}
 
     # The traffic schedule (rate(5 seconds) locally) keeps adding samples on its own.
     seen = [_count(dynamodb, table)]

@@ -22,7 +22,7 @@ import requests
 from lambdas.core import registry
 from localcloud.cloud import LocalCloud
 from scripts import demo
-from tests.support.clouds import narrator, print_function_log
+from tests.support.clouds import keyed, narrator, print_function_log
 from tests.support.retrain import (
     BATCH,
     alarms,
@@ -60,7 +60,7 @@ def infer_version(cloud: LocalCloud) -> str:
         {"temp": 64.0, "rh": 40, "wind": 0.3, "clo": 0.4},
         {"temp": 86.0, "rh": 60, "wind": 0.05, "clo": 1.0},
     ]
-    reply = requests.post(f"{cloud.api_url}/infer", json=inputs, timeout=60)
+    reply = requests.post(f"{cloud.api_url}/infer", json=inputs, headers=keyed(cloud), timeout=60)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert len(body["predictions"]) == len(inputs) == len(body["simpleResult"])
@@ -212,6 +212,7 @@ def test_retrain_e2e_demo_tells_the_whole_story_and_exits_0(
     assert demo.main(["--state-dir", str(tmp_path), "--watch-seconds", "12", "--interval", "3"]) == 0
     out = capsys.readouterr().out
     assert "by source: api 1, traffic" in out  # the scheduled traffic arrived on its own
+    assert "by client: default 1, traffic" in out  # each sample names the key that sent it
     story = [
         "HTTP 200",
         "a run starts at 200 new samples",

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from localcloud import infra
 from localcloud.cloud import LocalCloud
 from scripts import build_web
 from tests.support import live as live_support
+from tests.support.clouds import keyed
 
 ROOT = infra.ROOT
 WEB = ROOT / "web"
@@ -143,10 +145,12 @@ def _quiet_cloud(state: Path) -> LocalCloud:
     )
 
 
-def _drive(api: str, spec: dict[str, Any], folder: Path) -> subprocess.Popen[str]:
+def _drive(cloud: LocalCloud, spec: dict[str, Any], folder: Path) -> subprocess.Popen[str]:
+    """The page as a user with the default client's key opens it: ``?key=`` in its address."""
     (folder / "spec.json").write_text(json.dumps(spec))
+    page = f"{cloud.api_url}/?{urllib.parse.urlencode({'key': cloud.api_key})}"
     return subprocess.Popen(
-        ["node", str(PAGE_TEST), f"{api}/", str(folder / "spec.json")],
+        ["node", str(PAGE_TEST), page, str(folder / "spec.json")],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -166,9 +170,9 @@ def test_web_page_without_a_model_says_so_and_still_takes_feedback(tmp_path: Pat
     with _quiet_cloud(tmp_path / "state") as cloud:
         api = cloud.api_url
         with pytest.raises(urllib.error.HTTPError) as infer:
-            _post_json(f"{api}/infer", [{"temp": 75, "rh": 45, "wind": 0.15, "clo": 0.7}])
+            _post_json(f"{api}/infer", [{"temp": 75, "rh": 45, "wind": 0.15, "clo": 0.7}], keyed(cloud))
         assert infer.value.code == 503
-        proc = _drive(api, {"inputs": [], "feel": "ok", "screenshots": {}}, tmp_path)
+        proc = _drive(cloud, {"inputs": [], "feel": "ok", "screenshots": {}}, tmp_path)
         stdout, stderr = proc.communicate(timeout=90)
         assert proc.returncode == 0, stderr
         report = _report(stdout)
@@ -273,9 +277,12 @@ def _iso(when: datetime) -> str:
     return text.replace("+00:00", "Z").replace(".000Z", "Z")
 
 
-def _post_json(url: str, body: Any) -> tuple[int, Any]:
+def _post_json(url: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
+        method="POST",
     )
     with urllib.request.urlopen(request, timeout=60) as answer:
         return answer.status, json.loads(answer.read())
@@ -322,7 +329,7 @@ def browsed(world: World, tmp_path_factory: pytest.TempPathFactory) -> Browsed:
         "pauseForSwitch": True,
     }
     api = world.cloud.api_url
-    proc = _drive(api, spec, out)
+    proc = _drive(world.cloud, spec, out)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         line = proc.stdout.readline()
@@ -331,7 +338,7 @@ def browsed(world: World, tmp_path_factory: pytest.TempPathFactory) -> Browsed:
         assert ready["event"] == "ready"
         # /infer for the same inputs while the page's model is still latest.
         inputs = [dict(zip(FEATURE_NAMES, row, strict=True)) for row in INPUTS]
-        status, infer = _post_json(f"{api}/infer", inputs)
+        status, infer = _post_json(f"{api}/infer", inputs, keyed(world.cloud))
         assert status == 200
         # Roll latest back to the first published model; the page must follow.
         world.registry.promote(world.published[0], reason="page test rollback", actor="test")
@@ -406,6 +413,7 @@ def test_web_page_feedback_adds_a_sample_to_the_data_table(world: World, browsed
     }
     assert item["label"] == {"S": "warm"}
     assert item["source"] == {"S": "api"}
+    assert item["client"] == {"S": "default"}  # the key the page was given: the default client's
     assert item["client_id"]["S"].startswith("web-")
 
 

@@ -18,6 +18,7 @@ from lambdas.core.errors import NotFound, Unavailable
 from lambdas.core.modelstore import LoadedModel, ModelCache, ProxySource
 from lambdas.core.schema import LABELS
 from scripts.bench_infer import ServingStack, publish
+from tests.support.clouds import keyed
 from tests.unit.test_tfjs_model import ROOT, hand_model, load_numpy, sample_inputs
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -297,7 +298,8 @@ def test_infer_handler_via_proxy_and_tensorflow_js_agree(serving: Any, tmp_path:
     folder = write_model(tmp_path / V1, seed=3)
     publish(s3, reg, serving.bucket, V1, folder)
     rows = [{"temp": 60 + i, "rh": 30 + i, "wind": 0.1 * i, "clo": 0.5} for i in range(5)]
-    reply = requests.post(f"{serving.api_url}/infer", json=rows, timeout=60)  # infer in its own worker
+    # infer in its own worker
+    reply = requests.post(f"{serving.api_url}/infer", json=rows, headers=keyed(serving), timeout=60)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["version"] == V1

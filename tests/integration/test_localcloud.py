@@ -20,6 +20,7 @@ import requests
 from localcloud import infra
 from localcloud.cloud import DRIVER_MODULES, LocalCloud, LocalCloudError
 from localcloud.scheduler import Cron, ScheduleError, rate_seconds, schedules
+from tests.support.clouds import keyed
 
 ORIGINAL_PAYLOAD = [
     {"created": 1570323309012, "temp": 75, "rh": 60, "wind": 0.6, "clo": 1.0, "label": "ok", "score": -1}
@@ -79,8 +80,8 @@ def _recording_handler(calls: list[tuple[dict[str, Any], Any]], response: Any) -
 @pytest.mark.slow
 def test_localcloud_starts_on_ephemeral_ports_and_writes_its_endpoints(cloud: LocalCloud) -> None:
     endpoints = json.loads(cloud.endpoints_file.read_text())
-    assert endpoints == {"api": cloud.api_url, "aws": cloud.aws_url}
-    for url in endpoints.values():
+    assert endpoints == {"api": cloud.api_url, "aws": cloud.aws_url, "api_key": cloud.api_key}
+    for url in (endpoints["api"], endpoints["aws"]):
         assert url.startswith("http://127.0.0.1:")
         assert int(url.rsplit(":", 1)[1]) > 0
     assert os.environ["AWS_ENDPOINT_URL"] == cloud.aws_url
@@ -166,7 +167,9 @@ def test_an_environment_override_no_function_declares_is_refused(
 
 @pytest.mark.slow
 def test_localcloud_upload_of_the_original_payload_lands_in_the_data_table(cloud: LocalCloud) -> None:
-    reply = requests.post(f"{cloud.api_url}/upload", data=json.dumps(ORIGINAL_PAYLOAD), timeout=30)
+    reply = requests.post(
+        f"{cloud.api_url}/upload", data=json.dumps(ORIGINAL_PAYLOAD), headers=keyed(cloud), timeout=30
+    )
     assert reply.status_code == 200, reply.text
     assert reply.json()["written"] == 1
     items = cloud.client("dynamodb").scan(TableName=cloud.stack.table_name("DataTable"))["Items"]
@@ -190,7 +193,10 @@ def test_localcloud_api_sends_a_rest_proxy_event_and_returns_the_proxy_response(
     }
     cloud = make_cloud(handlers={"upload": _recording_handler(calls, response)})
     reply = requests.post(
-        f"{cloud.api_url}/upload?dry=1&tag=a&tag=b", data=b'{"x": 1}', headers={"X-Client": "t"}, timeout=10
+        f"{cloud.api_url}/upload?dry=1&tag=a&tag=b",
+        data=b'{"x": 1}',
+        headers=keyed(cloud, {"X-Client": "t"}),
+        timeout=10,
     )
     assert reply.status_code == 201
     assert reply.json() == {"ok": True}
@@ -208,6 +214,7 @@ def test_localcloud_api_sends_a_rest_proxy_event_and_returns_the_proxy_response(
     assert event["pathParameters"] is None
     assert event["requestContext"]["stage"] == "local"
     assert event["requestContext"]["identity"]["sourceIp"] == "127.0.0.1"
+    assert event["requestContext"]["identity"]["apiKey"] == cloud.api_key
     assert event["requestContext"]["requestId"]
     assert context.function_name == "autoretrain-local-upload"
     assert context.aws_request_id
@@ -218,7 +225,8 @@ def test_localcloud_api_sends_a_rest_proxy_event_and_returns_the_proxy_response(
 def test_localcloud_api_base64_encodes_a_binary_body(make_cloud: Callable[..., LocalCloud]) -> None:
     calls: list[tuple[dict[str, Any], Any]] = []
     cloud = make_cloud(handlers={"upload": _recording_handler(calls, {"statusCode": 204, "body": ""})})
-    assert requests.post(f"{cloud.api_url}/upload", data=b"\xff\x00\xfe", timeout=10).status_code == 204
+    reply = requests.post(f"{cloud.api_url}/upload", data=b"\xff\x00\xfe", headers=keyed(cloud), timeout=10)
+    assert reply.status_code == 204
     event = calls[0][0]
     assert event["isBase64Encoded"] is True
     assert event["body"] == "/wD+"
@@ -263,7 +271,9 @@ def test_localcloud_api_answers_a_cors_preflight(cloud: LocalCloud) -> None:
 def test_localcloud_api_refuses_a_request_over_10_mb_with_413(make_cloud: Callable[..., LocalCloud]) -> None:
     calls: list[tuple[dict[str, Any], Any]] = []
     cloud = make_cloud(handlers={"upload": _recording_handler(calls, {"statusCode": 200, "body": ""})})
-    reply = requests.post(f"{cloud.api_url}/upload", data=b"x" * (10 * 1024 * 1024 + 1), timeout=30)
+    reply = requests.post(
+        f"{cloud.api_url}/upload", data=b"x" * (10 * 1024 * 1024 + 1), headers=keyed(cloud), timeout=30
+    )
     assert reply.status_code == 413
     assert reply.json() == {"message": "Request Too Long"}
     assert calls == []
@@ -280,7 +290,7 @@ def test_localcloud_api_answers_502_when_the_function_fails(
 ) -> None:
     calls: list[tuple[dict[str, Any], Any]] = []
     cloud = make_cloud(handlers={"upload": _recording_handler(calls, outcome)})
-    reply = requests.post(f"{cloud.api_url}/upload", data="[]", timeout=10)
+    reply = requests.post(f"{cloud.api_url}/upload", data="[]", headers=keyed(cloud), timeout=10)
     assert reply.status_code == 502
     assert reply.json() == {"message": "Internal server error"}
     assert len(calls) == 1
@@ -397,7 +407,10 @@ def test_localcloud_stop_leaves_no_thread_port_file_or_variable_behind(tmp_path:
         function_log=tmp_path / "functions.log",
     ).start()
     api, aws_url = cloud.api_url, cloud.aws_url
-    assert requests.post(f"{api}/upload", data=json.dumps(ORIGINAL_PAYLOAD), timeout=30).status_code == 200
+    reply = requests.post(
+        f"{api}/upload", data=json.dumps(ORIGINAL_PAYLOAD), headers=keyed(cloud), timeout=30
+    )
+    assert reply.status_code == 200
     assert _wait_for(lambda: cloud.invocations["traffic"] > 0)
     assert _port_open(api) and _port_open(aws_url)
 
@@ -442,7 +455,7 @@ def test_api_gateway_answers_504_past_its_integration_timeout(make_cloud: Callab
     assert cloud.api is not None
     cloud.api.integration_timeout_s = 0.5  # 29 s in AWS; shortened so the test is quick
     started = time.monotonic()
-    reply = requests.post(f"{cloud.api_url}/upload", data="[]", timeout=30)
+    reply = requests.post(f"{cloud.api_url}/upload", data="[]", headers=keyed(cloud), timeout=30)
     assert reply.status_code == 504
     assert reply.json() == {"message": "Endpoint request timed out"}
     assert time.monotonic() - started < 2.5

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from lambdas.core.registry import Registry
 from localcloud.cloud import LocalCloud
 from tests.support import serverless
+from tests.support.clouds import keyed
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +38,7 @@ def test_a_role_may_do_what_its_policy_allows_and_nothing_else(make_cloud) -> No
     cloud = make_cloud()
     upload = as_role(cloud, "UploadFunctionRole", "dynamodb")
     data, models = cloud.stack.table_name("DataTable"), cloud.stack.table_name("ModelTable")
+    recorded = count(cloud, "ModelTable")  # the default client's record, written at start
     item = {"id": {"S": "a"}, "temp": {"N": "70"}}
     upload.batch_write_item(RequestItems={data: [{"PutRequest": {"Item": item}}]})
     assert count(cloud, "DataTable") == 1
@@ -50,7 +52,7 @@ def test_a_role_may_do_what_its_policy_allows_and_nothing_else(make_cloud) -> No
     with pytest.raises(ClientError) as denied_batch:
         upload.batch_write_item(RequestItems={models: [{"PutRequest": {"Item": {"pk": {"S": "x"}}}}]})
     assert denied_batch.value.response["Error"]["Code"] == "AccessDeniedException"
-    assert count(cloud, "ModelTable") == 0
+    assert count(cloud, "ModelTable") == recorded
 
 
 def test_an_unknown_access_key_or_a_forged_session_token_is_refused(make_cloud) -> None:
@@ -81,7 +83,7 @@ def test_an_unknown_access_key_or_a_forged_session_token_is_refused(make_cloud) 
 
 def test_functions_call_aws_with_their_own_role(make_cloud) -> None:
     cloud = make_cloud()
-    reply = requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], timeout=60)
+    reply = requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], headers=keyed(cloud), timeout=60)
     assert reply.status_code == 200, reply.text
     assert count(cloud, "DataTable") == 1
     assert requests.get(f"{cloud.api_url}/models", timeout=60).status_code == 200
@@ -92,7 +94,7 @@ def test_removing_batch_write_from_the_upload_role_fails_uploads_and_writes_noth
 ) -> None:
     config = serverless.without_action(tmp_path, "UploadFunctionRole", "dynamodb:BatchWriteItem")
     cloud = make_cloud(config_path=config)
-    reply = requests.post(f"{cloud.api_url}/upload", json=[SAMPLE] * 3, timeout=60)
+    reply = requests.post(f"{cloud.api_url}/upload", json=[SAMPLE] * 3, headers=keyed(cloud), timeout=60)
     assert reply.status_code >= 500, reply.text
     assert count(cloud, "DataTable") == 0
     assert "AccessDeniedException" in (tmp_path / "functions.log").read_text()
@@ -142,7 +144,9 @@ def test_the_proxy_redirects_to_a_url_the_gate_verifies(make_cloud) -> None:
 def test_the_gate_records_each_decision_for_the_coverage_report(make_cloud, tmp_path) -> None:
     record = tmp_path / "record.jsonl"
     cloud = make_cloud(iam_record=record)
-    requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], timeout=60).raise_for_status()
+    requests.post(
+        f"{cloud.api_url}/upload", json=[SAMPLE], headers=keyed(cloud), timeout=60
+    ).raise_for_status()
     with pytest.raises(ClientError):
         as_role(cloud, "UploadFunctionRole", "s3").list_objects_v2(Bucket=cloud.stack.physical["ModelBucket"])
     time.sleep(0.2)
@@ -164,7 +168,9 @@ def _log_messages(cloud: LocalCloud, function: str) -> list[str]:
 
 def test_function_logs_reach_their_log_group_with_the_functions_role(make_cloud) -> None:
     cloud = make_cloud()
-    requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], timeout=60).raise_for_status()
+    requests.post(
+        f"{cloud.api_url}/upload", json=[SAMPLE], headers=keyed(cloud), timeout=60
+    ).raise_for_status()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not _log_messages(cloud, "upload"):
         time.sleep(0.3)
@@ -175,7 +181,9 @@ def test_a_role_without_log_permissions_loses_its_logs_not_its_work(make_cloud, 
     config = serverless.without_action(tmp_path, "UploadFunctionRole", "logs:PutLogEvents")
     said: list[str] = []
     cloud = make_cloud(config_path=config, say=said.append)
-    requests.post(f"{cloud.api_url}/upload", json=[SAMPLE], timeout=60).raise_for_status()
+    requests.post(
+        f"{cloud.api_url}/upload", json=[SAMPLE], headers=keyed(cloud), timeout=60
+    ).raise_for_status()
     assert count(cloud, "DataTable") == 1
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any("may not write its logs" in line for line in said):
@@ -201,7 +209,7 @@ def _post_burst(cloud: LocalCloud, n: int = 240) -> None:
     from lambdas.core import comfort
 
     samples = comfort.generate(n, 7, 0.05)
-    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
     assert reply.status_code == 200, reply.text
 
 
@@ -338,7 +346,12 @@ def test_the_registry_lists_history_and_a_missing_model_is_a_409_not_a_403(make_
     registry.update_run(version, status="published")
     history = requests.get(f"{cloud.api_url}/models/history", timeout=60)
     assert history.status_code == 200, history.text
-    promoted = requests.post(f"{cloud.api_url}/models/{version}/promote", json={"reason": "t"}, timeout=60)
+    promoted = requests.post(
+        f"{cloud.api_url}/models/{version}/promote",
+        json={"reason": "t"},
+        headers=keyed(cloud, operator=True),
+        timeout=60,
+    )
     assert promoted.status_code == 409, promoted.text
     assert "model.json" in promoted.json()["message"]
 
@@ -378,6 +391,7 @@ def test_the_score_role_writes_a_mark_only_with_its_counts_in_one_transaction(ma
     score = as_role(cloud, "ScoreFunctionRole", "dynamodb")
     data, models = cloud.stack.table_name("DataTable"), cloud.stack.table_name("ModelTable")
     cloud.client("dynamodb").put_item(TableName=data, Item={"id": {"S": "s-1"}, "label": {"S": "ok"}})
+    recorded = count(cloud, "ModelTable")  # the default client's record, written at start
     mark = {
         "TableName": data,
         "Key": {"id": {"S": "s-1"}},
@@ -407,7 +421,7 @@ def test_the_score_role_writes_a_mark_only_with_its_counts_in_one_transaction(ma
         with pytest.raises(ClientError) as denied:
             call()
         assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
-    assert count(cloud, "ModelTable") == 0
+    assert count(cloud, "ModelTable") == recorded
     score.transact_write_items(TransactItems=[{"Update": mark}, {"Update": counts}])
     admin = cloud.client("dynamodb")
     assert admin.get_item(TableName=data, Key={"id": {"S": "s-1"}})["Item"]["scored_by"] == {"S": V1}
@@ -436,13 +450,18 @@ def test_the_score_function_scores_uploads_by_the_version_latest_at_ingestion(ma
         TableName=cloud.stack.table_name("ModelTable"), Item={"pk": {"S": "latest"}, "version": {"S": V1}}
     )
     reply = requests.post(
-        f"{cloud.api_url}/upload", json=[SAMPLE] * 2 + [{**SAMPLE, "label": "cold"}], timeout=60
+        f"{cloud.api_url}/upload",
+        json=[SAMPLE] * 2 + [{**SAMPLE, "label": "cold"}],
+        headers=keyed(cloud),
+        timeout=60,
     )
     assert reply.status_code == 200, reply.text
     assert _wait(lambda: _live_seen(cloud, V1) == 3, 60)
     publish_constant(cloud.client("s3"), reg, bucket, V2, "warm")
     time.sleep(0.01)
-    reply = requests.post(f"{cloud.api_url}/upload", json=[{**SAMPLE, "label": "warm"}] * 2, timeout=60)
+    reply = requests.post(
+        f"{cloud.api_url}/upload", json=[{**SAMPLE, "label": "warm"}] * 2, headers=keyed(cloud), timeout=60
+    )
     assert reply.status_code == 200, reply.text
     assert _wait(lambda: _live_seen(cloud, V2) == 2, 60)
     listing = requests.get(f"{cloud.api_url}/models", timeout=60)
@@ -496,7 +515,9 @@ def test_a_quality_drop_or_an_input_drift_starts_a_run_on_the_local_cloud(make_c
         fields["input_profile"] = drift.profile(x).to_dict()
     reg.update_run(V1, expect_status=None, **fields)
     label = "warm" if rule == "quality" else "ok"  # the model answers "ok"
-    reply = requests.post(f"{cloud.api_url}/upload", json=[{**SAMPLE, "label": label}] * 40, timeout=60)
+    reply = requests.post(
+        f"{cloud.api_url}/upload", json=[{**SAMPLE, "label": label}] * 40, headers=keyed(cloud), timeout=60
+    )
     assert reply.status_code == 200, reply.text
 
     def started() -> list[dict[str, Any]]:
@@ -512,7 +533,9 @@ def test_a_score_batch_given_up_on_reaches_its_own_failure_queue(make_cloud, tmp
     # Without Query the score function cannot read the promotion history: every batch fails.
     config = serverless.without_action(tmp_path, "ScoreFunctionRole", "dynamodb:Query")
     cloud = make_cloud(config_path=config, drivers=("streams",))
-    requests.post(f"{cloud.api_url}/upload", json=[SAMPLE] * 2, timeout=60).raise_for_status()
+    requests.post(
+        f"{cloud.api_url}/upload", json=[SAMPLE] * 2, headers=keyed(cloud), timeout=60
+    ).raise_for_status()
     sqs = cloud.client("sqs")
     url = cloud.stack.physical["ScoreFailureQueue"]
     messages: list[dict[str, Any]] = []

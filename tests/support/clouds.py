@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 # Synthetic traffic off, so each test knows its data.
 QUIET = {"traffic": {"enabled": False}}
+
+# API Gateway reads a private route's API key from this header; without a valid key it answers
+# 403 ("Test usage plans for REST APIs in API Gateway", AWS API Gateway developer guide).
+API_KEY_HEADER = "x-api-key"
+
+
+def keyed(cloud: Any, headers: Mapping[str, str] | None = None, *, operator: bool = False) -> dict[str, str]:
+    """``headers`` plus the API key of the local cloud's default client, without which API
+    Gateway answers 403 on the private routes (POST /upload, POST /infer, /imports); with
+    ``operator``, the operators' key, the only one the registry routes accept.
+    ``cloud``: a LocalCloud or a ServingStack (``api_key``), or endpoints.json (``"api_key"``)."""
+    name = "operator_api_key" if operator else "api_key"
+    key = cloud[name] if isinstance(cloud, Mapping) else getattr(cloud, name)
+    return {**(headers or {}), API_KEY_HEADER: key}
 
 
 def wait(condition: Callable[[], Any], seconds: float = 60, what: str = "") -> Any:

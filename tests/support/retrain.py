@@ -11,6 +11,7 @@ import requests
 
 from lambdas.core import comfort, lock, registry
 from localcloud.cloud import LocalCloud
+from tests.support.clouds import keyed
 
 NOISE = 0.05
 BATCH = 250  # above the local MIN_NEW_SAMPLES (200): one upload triggers one run
@@ -30,7 +31,7 @@ def wait_for(what: str, check: Callable[[], T | None], seconds: float = DEADLINE
 
 def upload(cloud: LocalCloud, n: int, seed: int) -> list[str]:
     samples = comfort.generate(n, seed, NOISE)
-    reply = requests.post(f"{cloud.api_url}/upload", json=samples, timeout=120)
+    reply = requests.post(f"{cloud.api_url}/upload", json=samples, headers=keyed(cloud), timeout=120)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["written"] == n
