@@ -67,6 +67,7 @@ from urllib.parse import unquote_plus
 from botocore.exceptions import ClientError
 
 from lambdas.core import aws, ingest, lock, log, settings
+from lambdas.core import clients as senders
 from lambdas.core.errors import AutoretrainError, ConfigError, Conflict, Unavailable, ValidationError
 from lambdas.core.registry import from_item, now_iso, to_item
 from lambdas.core.samples import ALLOWED_FIELDS, Sample, import_key, parse_sample
@@ -1027,6 +1028,18 @@ def _run(
 ) -> Outcome:
     import_id, fmt, key = str(item["import_id"]), str(item["format"]), str(item["key"])
     table = ImportTable(cfg.import_table, clients.ddb)
+    sender = None if item.get("client") is None else str(item["client"])
+    if sender is not None and _revoked(cfg.model_table, clients.ddb, sender):
+        # Checked at every lease (each part of a long import): an import started before its
+        # client was revoked stops at its next part, its rows so far left to `clients purge`.
+        return _fail_item(
+            table,
+            import_id,
+            holder,
+            cfg,
+            Progress(Cursor(0, 1)) if "cursor" not in item else Progress.from_item(item),
+            f"client {sender!r} is revoked",
+        )
     if "digest" not in item:
         first = _first_lease(item, cfg, clients, holder)
         if isinstance(first, Outcome):
@@ -1096,6 +1109,18 @@ def _run(
         return Outcome(import_id, IMPORTING, progress.counts())
     progress.cursor = dataclasses.replace(progress.cursor, offset=job.size)
     return _finish(job, progress, DONE)
+
+
+def _revoked(model_table: str, ddb: Any, name: str) -> bool:
+    """Whether the registry says client ``name`` is revoked (a built-in without a record is not)."""
+    found = ddb.get_item(
+        TableName=model_table,
+        Key={"pk": {"S": f"client#{name}"}},
+        ProjectionExpression="#t",
+        ExpressionAttributeNames={"#t": "trust"},
+        ConsistentRead=True,
+    ).get("Item")
+    return bool(found) and found.get("trust", {}).get("S") == senders.REVOKED
 
 
 def _first_lease(

@@ -769,3 +769,21 @@ def test_the_schedule_settles_imports_still_waiting_after_their_upload_form_expi
     failed = status(cfg, never)
     assert failed["status"] == imports.FAILED and "missing" in failed["error"]["reason"]
     assert status(cfg, recent)["status"] == imports.WAITING_UPLOAD
+
+
+def test_a_revoked_clients_import_stops_at_its_next_part(cfg: imports.ImporterSettings) -> None:
+    from lambdas.core.clients import REVOKED, TRUSTED, Clients
+
+    registry = Clients(cfg.model_table)
+    registry.create(CLIENT, trust=TRUSTED, api_key_id="k-importer-test", actor="test")
+    import_id = new_import(cfg, 1, "jsonl", jsonl(mixed_rows()))
+    uploaded(cfg, import_id)  # the first part: 7 rows
+    written = len(data_items(cfg))
+    assert written > 0
+    registry.set_trust(CLIENT, REVOKED, actor="test", reason="wrong labels")
+    run_to_end(cfg, import_id)
+    stopped = status(cfg, import_id)
+    assert stopped["status"] == imports.FAILED
+    assert stopped["error"]["reason"] == f"client {CLIENT!r} is revoked"
+    assert len(data_items(cfg)) == written  # nothing more of it
+    assert lock.LockStore(cfg.model_table).read().holds == ()  # retraining is not held back
