@@ -50,6 +50,7 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -209,6 +210,9 @@ def period_start(period: str, now: float) -> str:
     return day.isoformat()
 
 
+MISS_READS = 10  # reads for unknown keys per KEY_CACHE_S, at most
+
+
 class ApiKeys:
     """API Gateway's API key check of a private route: the key's value, its state and its usage
     plan read from the local AWS endpoint (``client()``: a boto3 API Gateway client), cached
@@ -232,6 +236,11 @@ class ApiKeys:
         self._read_at = float("-inf")
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # (plan, key) -> tokens, at
         self._used: dict[tuple[str, str, str], int] = {}  # (plan, key, period start) -> requests
+        # Values a fresh read did not find (or found in no plan), and when: each is read for again
+        # only after ttl_s; and at most MISS_READS reads per ttl_s are made for misses at all, so
+        # a stream of made-up keys cannot keep the lock busy with reads.
+        self._missed: dict[str, float] = {}
+        self._miss_reads: deque[float] = deque()
 
     def check(self, value: str | None) -> tuple[int, dict[str, Any]] | Key:
         """The key a request may go on with, or the (status, body) API Gateway answers."""
@@ -241,10 +250,17 @@ class ApiKeys:
             snapshot = self._snapshot
             if snapshot is None or self._clock() - self._read_at >= self.ttl_s:
                 snapshot = self._read()
-            elif (cached := snapshot.keys.get(value)) is None or not snapshot.plans.get(cached.id):
+            elif (
+                (cached := snapshot.keys.get(value)) is None or not snapshot.plans.get(cached.id)
+            ) and self._may_read_for_miss(value):
                 # Unknown here, or in no plan yet: maybe created a moment ago (the clients CLI).
+                self._miss_reads.append(self._clock())
                 snapshot = self._read()
             key = snapshot.keys.get(value)
+            if key is None or not snapshot.plans.get(key.id):
+                if len(self._missed) > 10_000:
+                    self._missed.clear()
+                self._missed[value] = self._read_at
             if key is None or not key.enabled:
                 return FORBIDDEN
             plans = snapshot.plans.get(key.id) or []
@@ -257,6 +273,13 @@ class ApiKeys:
             if not self._count(plan, key):
                 return LIMIT_EXCEEDED
             return key
+
+    def _may_read_for_miss(self, value: str) -> bool:
+        now = self._clock()
+        while self._miss_reads and now - self._miss_reads[0] >= self.ttl_s:
+            self._miss_reads.popleft()
+        recently_missed = now - self._missed.get(value, float("-inf")) < self.ttl_s
+        return not recently_missed and len(self._miss_reads) < MISS_READS
 
     def _take_token(self, plan: Plan, key: Key) -> bool:
         if plan.rate_limit is None and plan.burst_limit is None:
