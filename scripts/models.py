@@ -881,6 +881,14 @@ class ClientOps:
         # The traffic function's key is the stack's: its record, made on the first change, names
         # it, so that the pointer carries the trust to the upload function too.
         traffic_key = self.traffic_key_id() if name == clients.TRAFFIC else None
+        if name == clients.TRAFFIC and traffic_key is None:
+            # Without its key the change would reach the trainer but neither the gateway nor
+            # the upload function: refuse rather than half-revoke.
+            raise NotFound(
+                f"the traffic function's API key {self.cfg.service}-{self.cfg.stage}-traffic is not in "
+                "API Gateway: is the stack deployed in this region and stage?",
+                name=name,
+            )
         after = self.registry.set_trust(name, level, actor=actor, reason=reason, api_key_id=traffic_key)
         key_id = after.api_key_id or traffic_key
         enabled = None

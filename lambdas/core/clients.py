@@ -272,19 +272,21 @@ class Clients:
                 }
             }
         ]
+        if current.api_key_id is None and current.principal_arn is None and api_key_id is not None:
+            # A built-in's record made before its key was known: it names the key from now on.
+            update = writes[0]["Update"]
+            update["UpdateExpression"] += ", #k = :k"
+            update["ExpressionAttributeNames"]["#k"] = "api_key_id"
+            update["ExpressionAttributeValues"][":k"] = {"S": api_key_id}
+            current = Client.from_record({**current.to_dict(), "api_key_id": api_key_id})
         if current.api_key_id is not None or current.principal_arn is not None:
-            pk = _pointer_pk(api_key_id=current.api_key_id, principal_arn=current.principal_arn)
-            writes.append(
-                {
-                    "Update": {
-                        "TableName": self.table,
-                        "Key": {"pk": {"S": pk}},
-                        "UpdateExpression": "SET #t = :t",
-                        "ExpressionAttributeNames": {"#t": "trust"},
-                        "ExpressionAttributeValues": {":t": {"S": trust}},
-                    }
-                }
-            )
+            pointer = {
+                "pk": _pointer_pk(api_key_id=current.api_key_id, principal_arn=current.principal_arn),
+                "name": name,
+                "trust": trust,
+                "source": current.source,
+            }
+            writes.append({"Put": {"TableName": self.table, "Item": to_item(pointer)}})
         event = self._event(TRUST, name, actor, reason, **{"from": current.trust, "to": trust})
         writes.append({"Put": {"TableName": self.table, "Item": to_item(event)}})
         self.ddb.transact_write_items(TransactItems=writes)

@@ -130,3 +130,15 @@ def test_revoking_the_built_in_traffic_client_reaches_the_resolver(
     assert reg.get("traffic").source == "traffic"
     with pytest.raises(Forbidden):
         resolver.client_for(request(apiKeyId="k-traffic"))
+
+
+def test_a_built_in_record_made_without_its_key_names_it_on_the_next_change(
+    reg: Clients, stack: Any, dynamodb: Any
+) -> None:
+    reg.set_trust("traffic", clients.UNTRUSTED, actor="ops", reason="key unknown yet")
+    assert reg.by_api_key("k-traffic") is None
+    reg.set_trust("traffic", clients.REVOKED, actor="ops", reason="bad labels", api_key_id="k-traffic")
+    assert reg.get("traffic").api_key_id == "k-traffic"
+    resolver = Resolver(stack.physical["ModelTable"], traffic_api_key_id="k-traffic", ddb=dynamodb)
+    with pytest.raises(Forbidden):
+        resolver.client_for(request(apiKeyId="k-traffic"))
