@@ -173,11 +173,9 @@ def _is_history_cursor(text: str) -> bool:
 
 
 def check_operator(cfg: RegistrySettings, event: Event) -> None:
-    """Forbidden unless the caller is an operator: an operators' API key, or an IAM principal
-    (API Gateway sets ``userArn`` only after it has verified a SigV4 signature)."""
+    """Forbidden unless the caller holds an operators' API key. An IAM principal is not enough:
+    clients that send samples may be IAM principals too (README, "Keys, trust and revocation")."""
     identity = (event.get("requestContext") or {}).get("identity") or {}
-    if identity.get("userArn"):
-        return
     if identity.get("apiKeyId") and identity["apiKeyId"] in cfg.operator_keys:
         return
     raise Forbidden("changing latest needs an operator's API key (the operators usage plan's)")

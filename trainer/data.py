@@ -292,8 +292,9 @@ def id_bucket(sample_id: str, key: bytes | None = None) -> int:
     recent window's own share the next GATE_RECENT_PERCENT.
 
     With ``key`` (the holdout key, a secret only the trainer reads): HMAC-SHA256(key, id). A
-    client chooses its samples' ids (the upload body's ``id``), so with a public hash it could
-    choose ids that land in the holdout and grade the gate's exam itself; under a key it cannot
+    sample's id is derived from public inputs a client controls (its sender's name, the body's
+    ``id`` and content: lambdas/core/samples.py), so with a public hash it could grind ids that
+    land in the holdout and grade the gate's exam itself; under a key it cannot
     tell which ids do, and its samples spread over the buckets like anyone's (trainer/README.md,
     "Holdout and trust"). Without a key (a laptop run): the public sha256(id)."""
     message = sample_id.encode()

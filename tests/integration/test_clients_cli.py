@@ -372,7 +372,7 @@ def test_clients_commands_without_a_stage_name_what_is_missing(monkeypatch: pyte
 
 class Unprocessed:
     """DynamoDB leaving the first ``unprocessed`` requests of its first ``fail_times``
-    BatchWriteItem calls unprocessed (moto never does: DESIGN.md), then none."""
+    BatchWriteItem calls unprocessed (moto never does), then none."""
 
     def __init__(self, unprocessed: int, fail_times: int = 1) -> None:
         self.calls: list[list[dict[str, Any]]] = []
