@@ -80,7 +80,13 @@ def _recording_handler(calls: list[tuple[dict[str, Any], Any]], response: Any) -
 @pytest.mark.slow
 def test_localcloud_starts_on_ephemeral_ports_and_writes_its_endpoints(cloud: LocalCloud) -> None:
     endpoints = json.loads(cloud.endpoints_file.read_text())
-    assert endpoints == {"api": cloud.api_url, "aws": cloud.aws_url, "api_key": cloud.api_key}
+    assert endpoints == {
+        "api": cloud.api_url,
+        "aws": cloud.aws_url,
+        "api_key": cloud.api_key,
+        "operator_api_key": cloud.operator_api_key,
+    }
+    assert cloud.api_key != cloud.operator_api_key
     for url in (endpoints["api"], endpoints["aws"]):
         assert url.startswith("http://127.0.0.1:")
         assert int(url.rsplit(":", 1)[1]) > 0
