@@ -119,7 +119,9 @@ def test_imports_post_with_temporary_credentials_signs_the_session_token(
     # A Lambda role's credentials are temporary: S3 needs the token in the form and the policy.
     monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-of-the-role")
     # boto3's default session keeps the credentials it first resolved (registering acme did).
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    # Not monkeypatch.setattr: its undo would put the mock's session (FOOBARKEY credentials)
+    # back after mock_aws has cleared it on exit, and every later test would sign with them.
+    boto3.DEFAULT_SESSION = None
     aws.reset()
     _, body = call("POST", {"format": "csv", "filename": "h.csv"})
     fields = body["upload"]["fields"]
