@@ -839,14 +839,6 @@ def _api_key_named(client: Any, name: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def _usage_plan_named(client: Any, name: str) -> dict[str, Any] | None:
-    for page in client.get_paginator("get_usage_plans").paginate():
-        for plan in page.get("items", []):
-            if plan.get("name") == name:
-                return dict(plan)
-    return None
-
-
 def ensure_api_key(
     client: Any, name: str, *, description: str | None = None, value: str | None = None, enabled: bool = True
 ) -> dict[str, Any]:
@@ -893,8 +885,13 @@ def _create_api_access(stack: Stack, session: Any) -> None:
         return
     client = session.client("apigateway", region_name=stack.region)
     service = str(stack.config.get("service", "service"))
+    existing = {
+        str(item.get("name")): dict(item)
+        for page in client.get_paginator("get_usage_plans").paginate()
+        for item in page.get("items", [])
+    }
     for plan in plans:
-        found = _usage_plan_named(client, plan.name)
+        found = existing.get(plan.name)
         if found is None:
             kwargs: dict[str, Any] = {
                 "name": plan.name,
