@@ -38,7 +38,7 @@ CREATED_MS = 1_767_225_600_000  # 2026-01-01
 BAD_ROWS = [
     (2, ["1767225600000", "hot", "50", "0.1", "0.5", "ok"], "temp"),
     (5_002, ["1767225600000", "75", "50", "0.1", "0.5", "tepid"], "label"),
-    (24_999, ["1767225600000", "75", "250", "0.1", "0.5", "ok"], "rh"),
+    (11_999, ["1767225600000", "75", "250", "0.1", "0.5", "ok"], "rh"),
 ]
 # The instance runner is off: a run is launched (its record, its EC2 call) but trains nothing,
 # so no trainer competes with the import for the two cores.
