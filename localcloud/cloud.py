@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 
 from lambdas.core import aws, clients
 from lambdas.core.errors import NotFound
@@ -86,6 +87,22 @@ def forget(state_dir: Path) -> None:
 
 def _say(line: str) -> None:
     print(f"[localcloud] {line}", flush=True)
+
+
+_LOADER: Any = None  # botocore's loader of service models, kept across starts
+
+
+def _session(region: str) -> boto3.Session:
+    """A boto3 session of its own (the environment's credentials and endpoint, read now) that
+    shares one loader of the service models: each new loader parses every service's model
+    again (hundreds of milliseconds for the dozen services a start uses)."""
+    global _LOADER
+    core = botocore.session.get_session()
+    if _LOADER is None:
+        _LOADER = core.get_component("data_loader")
+    else:
+        core.register_component("data_loader", _LOADER)
+    return boto3.Session(botocore_session=core, region_name=region)
 
 
 class LocalCloud:
@@ -413,8 +430,8 @@ class LocalCloud:
         self._set_environment(self._aws_environment())
 
         self._stack = stack
-        infra.create_resources(self._stack, boto3.Session(region_name=self.region))
-        infra.push_trainer_image(self._stack, boto3.Session(region_name=self.region))
+        infra.create_resources(self._stack, _session(self.region))
+        infra.push_trainer_image(self._stack, _session(self.region))
         self._api_key = self._ensure_default_client()
         operator_key_id = self._stack.physical.get(OPERATOR_KEY_LOGICAL_ID)
         if operator_key_id is not None:
