@@ -226,12 +226,7 @@ def _settings() -> ImportsSettings:
 @functools.cache
 def _resolver() -> clients.Resolver:
     """One per execution environment, so its answers are cached across requests."""
-    env = settings.environ()
-    return clients.Resolver(
-        settings.required(env, "MODEL_TABLE"),
-        traffic_api_key_id=settings.optional(env, "TRAFFIC_API_KEY_ID", "") or None,
-        ttl_s=settings.number(env, "CLIENT_CACHE_S", 10.0, minimum=0.0),
-    )
+    return clients.Resolver.from_env()
 
 
 def reset() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from lambdas.core import clients, http, ingest, settings
+from lambdas.core import clients, http, ingest
 
 
 @functools.cache
@@ -25,12 +25,7 @@ def config() -> ingest.IngestSettings:
 @functools.cache
 def resolver() -> clients.Resolver:
     """One per execution environment, so its answers are cached across requests."""
-    env = settings.environ()
-    return clients.Resolver(
-        settings.required(env, "MODEL_TABLE"),
-        traffic_api_key_id=settings.optional(env, "TRAFFIC_API_KEY_ID", "") or None,
-        ttl_s=settings.number(env, "CLIENT_CACHE_S", 10.0, minimum=0.0),
-    )
+    return clients.Resolver.from_env()
 
 
 def upload(event: http.Event, context: Any = None) -> http.Response:

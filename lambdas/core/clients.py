@@ -36,7 +36,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from lambdas.core import aws
+from lambdas.core import aws, settings
 from lambdas.core.errors import BadRequest, Conflict, Forbidden, NotFound
 from lambdas.core.registry import INDEX, from_item, now_iso, to_item
 
@@ -379,6 +379,17 @@ class Resolver:
         self.ttl_s = ttl_s
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[float, Client | None]] = {}
+
+    @classmethod
+    def from_env(cls, env: settings.Env | None = None) -> Resolver:
+        """MODEL_TABLE, TRAFFIC_API_KEY_ID (the traffic function's key id, optional) and
+        CLIENT_CACHE_S (seconds an answer is kept, default 10)."""
+        env = settings.environ() if env is None else env
+        return cls(
+            settings.required(env, "MODEL_TABLE"),
+            traffic_api_key_id=settings.optional(env, "TRAFFIC_API_KEY_ID", "") or None,
+            ttl_s=settings.number(env, "CLIENT_CACHE_S", 10.0, minimum=0.0),
+        )
 
     def client_for(self, event: dict[str, Any]) -> Client:
         """The client that sent ``event``; Forbidden when there is no authenticated identity,
